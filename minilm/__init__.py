@@ -1,0 +1,55 @@
+"""minilm: a small, readable library for learning how LLMs are pre-trained efficiently.
+
+Top-level names are re-exported from the modules that define them; open those modules next to a
+lab to read the equations they implement.
+"""
+
+__version__ = "0.1.0"
+
+from minilm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from minilm.data import (
+    ByteTokenizer,
+    CharTokenizer,
+    Dataset,
+    MarkovLanguage,
+    ZipfMarkovMixture,
+    ZipfUnigram,
+    get_batch,
+    load_dataset,
+    pydoc_text,
+    stdlib_code,
+)
+from minilm.device import resolve_device, seed_everything
+from minilm.models import GPT, GPTConfig, KVCache, LanguageModel, build_model
+from minilm.schedules import constant, cosine, wsd
+from minilm.train import TrainingDivergedError, evaluate, train
+
+__all__ = [
+    "GPT",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "Dataset",
+    "GPTConfig",
+    "KVCache",
+    "LanguageModel",
+    "MarkovLanguage",
+    "TrainingDivergedError",
+    "ZipfMarkovMixture",
+    "ZipfUnigram",
+    "__version__",
+    "build_model",
+    "constant",
+    "cosine",
+    "evaluate",
+    "get_batch",
+    "load_checkpoint",
+    "load_dataset",
+    "model_from_checkpoint",
+    "pydoc_text",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+    "stdlib_code",
+    "train",
+    "wsd",
+]

@@ -1,0 +1,392 @@
+"""A modern decoder-only transformer (the Llama recipe at toy size), in the spirit of nanoGPT.
+
+    x = Embed(idx)                                  # (B, T, C)
+    for each block:                                 # pre-norm residual blocks
+        x = x + Attention(RMSNorm(x))               # causal multi-head attention with RoPE
+        x = x + SwiGLU(RMSNorm(x))                  # W2(SiLU(W1 x) * W3 x)
+    logits = Head(RMSNorm(x))                       # (B, T, V)
+
+Conventions that differ between references are explicit here:
+  - RoPE rotates *interleaved* pairs (x[2i], x[2i+1]) as in the RoFormer paper (Su et al. 2021,
+    eq. 34); ``rope_pairing="half"`` gives the GPT-NeoX / Hugging Face Llama pairing (x[i], x[i+d/2]).
+  - Attention masks are boolean with ``True = may attend`` (PyTorch's SDPA polarity).
+  - Linear weights are stored (out_features, in_features), PyTorch's layout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minilm.models.base import LanguageModel
+
+
+@dataclass
+class GPTConfig:
+    """Shape and options of a GPT. Checked on creation: a wrong value raises ``ValueError``."""
+
+    vocab_size: int
+    context_length: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    d_model: int = 128
+    d_ff: int | None = None  # SwiGLU hidden size; None -> 8/3 * d_model rounded up to a multiple of 8
+    tie_embeddings: bool = False
+    attn_impl: str = "sdpa"  # "sdpa" (fast, F.scaled_dot_product_attention) or "explicit" (readable)
+    rope_base: float = 10000.0
+    rope_pairing: str = "interleaved"  # "interleaved" (RoFormer) or "half" (GPT-NeoX / HF Llama)
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"GPTConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                f"choose d_model as a multiple of n_heads, or another n_heads"
+            )
+        if (self.d_model // self.n_heads) % 2 != 0:
+            raise ValueError(
+                f"GPTConfig: head size d_model/n_heads = {self.d_model // self.n_heads} must be even "
+                "for rotary embeddings (they rotate pairs of channels): change d_model or n_heads"
+            )
+        if self.d_ff is None:
+            self.d_ff = 8 * math.ceil(8 * self.d_model / 3 / 8)
+        elif not isinstance(self.d_ff, int) or self.d_ff < 1:
+            raise ValueError(f"GPTConfig.d_ff must be a positive integer or None, got {self.d_ff!r}")
+        if self.attn_impl not in ("sdpa", "explicit"):
+            raise ValueError(f"GPTConfig.attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}")
+        if self.rope_pairing not in ("interleaved", "half"):
+            raise ValueError(
+                f"GPTConfig.rope_pairing must be 'interleaved' or 'half', got {self.rope_pairing!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+# ------------------------------------------------------------------------------------ RMSNorm
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * g. No mean, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # statistics in float32 even under bf16 autocast
+        return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+# --------------------------------------------------------------------------------------- RoPE
+def rope_angles(
+    positions: torch.Tensor, head_dim: int, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles m * theta_i, theta_i = base^(-2i/d) (RoFormer eq. 15).
+
+    positions: (T,) integer positions m. Returns cos, sin of shape (T, head_dim // 2).
+    """
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, d/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str = "interleaved"
+) -> torch.Tensor:
+    """Rotate each pair of channels of x (..., T, d) by the angles given as cos/sin (T, d/2).
+
+    pairing="interleaved": pairs (x[2i], x[2i+1])   -- RoFormer paper, Meta's original Llama code.
+    pairing="half":        pairs (x[i], x[i + d/2]) -- GPT-NeoX, Hugging Face Llama.
+    Each pair (a, b) becomes (a cos - b sin, a sin + b cos).
+    """
+    if pairing == "interleaved":
+        a, b = x[..., 0::2], x[..., 1::2]
+    elif pairing == "half":
+        a, b = x.chunk(2, dim=-1)
+    else:
+        raise ValueError(f"pairing must be 'interleaved' or 'half', got {pairing!r}")
+    ra = a * cos - b * sin
+    rb = a * sin + b * cos
+    if pairing == "interleaved":
+        return torch.stack([ra, rb], dim=-1).flatten(-2).type_as(x)
+    return torch.cat([ra, rb], dim=-1).type_as(x)
+
+
+# ----------------------------------------------------------------------------------- KV cache
+class KVCache:
+    """Keys and values of past tokens for incremental decoding; this one keeps everything.
+
+    Keys are stored *before* the rotary embedding, with the absolute position of each token, so
+    subclasses can evict tokens and choose which positions RoPE sees (StreamingLLM assigns
+    positions inside the cache; see ``minilm.attention``).
+    """
+
+    def __init__(self, n_layers: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, L, hd)
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.pos: torch.Tensor | None = None  # (L,) absolute positions of the cached tokens
+        self.seen = 0  # tokens processed so far (the next token's absolute position)
+
+    def __len__(self) -> int:
+        return 0 if self.pos is None else int(self.pos.numel())
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new keys/values (B, H, T, hd) of ``layer``; return all cached ones."""
+        if self.k[layer] is not None:
+            k = torch.cat([self.k[layer], k], dim=2)
+            v = torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def new_positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """Absolute positions (T,) of the next T tokens."""
+        return torch.arange(self.seen, self.seen + T, device=device)
+
+    def key_positions(self, new_pos: torch.Tensor) -> torch.Tensor:
+        """Absolute positions of all keys once ``new_pos`` is appended."""
+        return new_pos if self.pos is None else torch.cat([self.pos, new_pos])
+
+    def rope_positions(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions RoPE uses for queries and keys; the plain cache uses the absolute ones."""
+        return q_pos, k_pos
+
+    def commit(self, new_pos: torch.Tensor) -> None:
+        """Called once all layers have seen the new tokens: record them, then evict (no-op here)."""
+        self.pos = self.key_positions(new_pos)
+        self.seen += int(new_pos.numel())
+        self.evict()
+
+    def evict(self) -> None:
+        """Drop tokens according to a policy; the base cache keeps all of them."""
+
+    def _keep(self, index: torch.Tensor) -> None:
+        """Keep only cached tokens at ``index`` (L',) in every layer (helper for subclasses)."""
+        self.k = [None if k is None else k[:, :, index] for k in self.k]
+        self.v = [None if v is None else v[:, :, index] for v in self.v]
+        self.pos = self.pos[index]
+
+    def nbytes(self) -> int:
+        """Memory held by the cached keys and values, in bytes."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
+
+
+# ---------------------------------------------------------------------------------- attention
+def causal_mask(T: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T) boolean mask, True where query i may attend to key j, i.e. j <= i."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(d) with disallowed pairs at -inf) v, written out step by step.
+
+    q: (B, H, Tq, d), k and v: (B, H, Tk, d), allowed: (Tq, Tk) bool, True = may attend.
+    Returns the output (B, H, Tq, d) and the attention weights (B, H, Tq, Tk).
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).type_as(q)
+    return weights @ v, weights
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention with rotary positions (Vaswani et al. 2017; Su et al. 2021)."""
+
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        # q, k and v projections in one (3C, C) matrix: one matmul instead of three (as nanoGPT).
+        self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope_q: tuple[torch.Tensor, torch.Tensor],
+        rope_k: tuple[torch.Tensor, torch.Tensor],
+        allowed: torch.Tensor | None,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> (B, T, C).
+
+        rope_q / rope_k: (cos, sin) of shape (T, hd/2) and (Tk, hd/2) for queries and keys.
+        allowed: (T, Tk) bool, True = may attend; None means plain causal attention.
+        """
+        B, T, C = x.shape
+        H, hd = self.cfg.n_heads, self.cfg.head_dim
+        q, k, v = self.wqkv(x).split(C, dim=2)
+        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, H, hd).transpose(1, 2)
+        v = v.view(B, T, H, hd).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, H, Tk, hd), keys not yet rotated
+        q = apply_rope(q, *rope_q, self.cfg.rope_pairing)
+        k = apply_rope(k, *rope_k, self.cfg.rope_pairing)
+
+        weights = None
+        if self.cfg.attn_impl == "explicit" or need_weights:
+            mask = allowed if allowed is not None else causal_mask(T, x.device)
+            y, weights = explicit_attention(q, k, v, mask)
+            y = self.dropout(y)
+        else:
+            p = self.cfg.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, is_causal=allowed is None)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.wo(y), weights
+
+
+class SwiGLU(nn.Module):
+    """Feed-forward W2(SiLU(W1 x) * W3 x) (Shazeer 2020, "GLU Variants Improve Transformer")."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.w3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg)
+
+    def forward(self, x, rope_q, rope_k, allowed, cache=None, need_weights=False):
+        a, w = self.attn(self.attn_norm(x), rope_q, rope_k, allowed, cache, need_weights)
+        x = x + a
+        x = x + self.ffn(self.ffn_norm(x))
+        return x, w
+
+
+# ---------------------------------------------------------------------------------------- GPT
+class GPT(LanguageModel):
+    """Decoder-only transformer: ``GPT(GPTConfig(vocab_size=65))(idx) -> logits``."""
+
+    model_type = "gpt"
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.context_length = config.context_length
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the residual projections keeps the residual stream's variance
+        # from growing with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("wo.weight") or name.endswith("w2.weight"):
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.tok_emb.weight]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ):
+        """idx (B, T) -> logits (B, T, V).
+
+        attn_mask: optional (T, T) bool mask, True = may attend (e.g. from ``minilm.attention``);
+        default is full causal attention. cache: a ``KVCache`` for incremental decoding.
+        need_weights: also return the list of per-layer attention weights (B, H, T, Tk).
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"GPT expects token ids of shape (batch, time), got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        if cache is None and T > self.config.context_length:
+            raise ValueError(
+                f"sequence length {T} exceeds context_length={self.config.context_length}: "
+                "crop the input or build the model with a larger context_length"
+            )
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"token id {int(idx.max())} out of range for vocab_size={self.config.vocab_size}: "
+                "the data's tokenizer and the model's vocab_size must match"
+            )
+        if attn_mask is not None and tuple(attn_mask.shape) != (T, T if cache is None else len(cache) + T):
+            raise ValueError(f"attn_mask must have shape (T, T) = ({T}, {T}), got {tuple(attn_mask.shape)}")
+        # Positions, rotary angles and the mask are the same for every layer: compute them once.
+        hd, base = self.config.head_dim, self.config.rope_base
+        if cache is None:
+            q_pos = torch.arange(T, device=idx.device)
+            rope_q = rope_k = rope_angles(q_pos, hd, base)
+        else:
+            q_pos = cache.new_positions(T, idx.device)
+            k_pos = cache.key_positions(q_pos)
+            rq, rk = cache.rope_positions(q_pos, k_pos)
+            rope_q, rope_k = rope_angles(rq, hd, base), rope_angles(rk, hd, base)
+            if attn_mask is None:  # causality by absolute position, also for an evicting cache
+                attn_mask = k_pos[None, :] <= q_pos[:, None]  # (T, Tk)
+        if attn_mask is not None:
+            attn_mask = attn_mask.to(device=idx.device, dtype=torch.bool)
+        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        weights = []
+        for block in self.blocks:
+            x, w = block(x, rope_q, rope_k, attn_mask, cache, need_weights)
+            weights.append(w)
+        if cache is not None:
+            cache.commit(q_pos)
+        logits = self.head(self.norm(x))  # (B, T, V)
+        return (logits, weights) if need_weights else logits
+
+    def _next_logits(self, idx, state):
+        # Incremental decoding with a KV cache: feed the prompt once, then one token per step.
+        # Past the context length the cache is restarted on the last context_length tokens
+        # (the same window the model was trained on).
+        if state is None or len(state) >= self.config.context_length:
+            state = KVCache(self.config.n_layers)
+            logits = self(idx[:, -self.config.context_length :], cache=state)
+        else:
+            logits = self(idx[:, -1:], cache=state)
+        return logits[:, -1, :], state
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6N + 6 * n_layers * context_length * d_model.
+
+        Kaplan et al. (2020, Table 1): a forward pass costs 2N (one multiply-add per weight)
+        plus 2 * n_layers * n_ctx * d_model for the attention scores and their weighted sum;
+        backward costs twice the forward, hence the factor 3 -> 6N + 6 * n_layers * n_ctx * d.
+        N counts non-embedding parameters plus the output head (a real matmul per token).
+        """
+        c = self.config
+        n = self.num_params(non_embedding=True)
+        if c.tie_embeddings:  # the shared matrix still costs a matmul in the head
+            n += c.vocab_size * c.d_model
+        return 6.0 * n + 6.0 * c.n_layers * c.context_length * c.d_model

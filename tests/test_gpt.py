@@ -1,0 +1,156 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minilm.models import GPT, GPTConfig, KVCache, RMSNorm, apply_rope, rope_angles
+from minilm.models.gpt import SwiGLU, explicit_attention
+
+
+def small(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=50, context_length=32, n_layers=2, n_heads=4, d_model=32)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg))
+
+
+def test_explicit_attention_matches_sdpa_with_any_mask():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 7, 8).unbind(0)
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    ours, w = explicit_attention(q, k, v, causal)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 4, 7))
+    band = causal & ~torch.ones(7, 7, dtype=torch.bool).tril(-3)
+    assert torch.allclose(explicit_attention(q, k, v, band)[0],
+                          F.scaled_dot_product_attention(q, k, v, attn_mask=band), atol=1e-6)
+
+
+def test_gpt_explicit_and_sdpa_paths_agree():
+    m = small()
+    x = torch.randint(0, 50, (2, 32))
+    fast = m(x)
+    m.config.attn_impl = "explicit"
+    assert torch.allclose(m(x), fast, atol=1e-5)
+
+
+def test_rmsnorm_matches_formula():
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-5)
+    norm.weight.data = torch.randn(16)
+    x = torch.randn(3, 5, 16)
+    ref = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    assert torch.allclose(norm(x), ref, atol=1e-6)
+    assert norm.eps == 1e-5
+
+
+def test_rope_score_depends_only_on_offset():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 16)
+    def score(m, n):
+        cq, sq = rope_angles(torch.tensor([m]), 16)
+        ck, sk = rope_angles(torch.tensor([n]), 16)
+        return (apply_rope(q[None], cq, sq) * apply_rope(k[None], ck, sk)).sum()
+    for offset in (0, 1, 5, 17):
+        s = [score(m + offset, m) for m in (0, 3, 40, 500)]
+        assert max(s) - min(s) < 1e-4, s
+    assert abs(score(5, 0) - score(6, 0)) > 1e-3  # and it does depend on the offset
+
+
+def test_rope_interleaved_pairs_closed_form_and_half_convention():
+    x = torch.arange(8.0)[None]  # one position, head_dim 8
+    cos, sin = rope_angles(torch.tensor([3]), 8, base=100.0)
+    out = apply_rope(x, cos, sin, "interleaved")
+    for i in range(4):  # pair (x[2i], x[2i+1]) rotated by angle 3 * 100^(-2i/8)
+        a = 3 * 100 ** (-2 * i / 8)
+        x0, x1 = x[0, 2 * i], x[0, 2 * i + 1]
+        assert out[0, 2 * i] == pytest.approx(x0 * math.cos(a) - x1 * math.sin(a), abs=1e-5)
+        assert out[0, 2 * i + 1] == pytest.approx(x0 * math.sin(a) + x1 * math.cos(a), abs=1e-5)
+    # The half convention is the interleaved one on permuted channels.
+    perm = torch.tensor([0, 2, 4, 6, 1, 3, 5, 7])
+    assert torch.allclose(apply_rope(x[:, perm], cos, sin, "half"), out[:, perm], atol=1e-6)
+    with pytest.raises(ValueError, match="pairing"):
+        apply_rope(x, cos, sin, "neox")
+
+
+def test_swiglu_matches_formula():
+    torch.manual_seed(0)
+    ffn = SwiGLU(GPTConfig(vocab_size=10, d_model=16, n_heads=2, d_ff=24))
+    x = torch.randn(4, 16)
+    W1, W2, W3 = ffn.w1.weight, ffn.w2.weight, ffn.w3.weight
+    h = x @ W1.T
+    ref = (h * torch.sigmoid(h) * (x @ W3.T)) @ W2.T
+    assert torch.allclose(ffn(x), ref, atol=1e-6)
+    assert W1.shape == (24, 16) and W2.shape == (16, 24)  # PyTorch's (out, in) layout
+
+
+def test_num_params_matches_count_by_hand():
+    V, C, L, F_ = 50, 32, 2, GPTConfig(vocab_size=50, d_model=32, n_heads=4).d_ff
+    per_block = 4 * C * C + 3 * C * F_ + 2 * C  # attention, SwiGLU, two RMSNorm gains
+    untied = small()
+    assert untied.num_params() == V * C + L * per_block + C + V * C
+    assert untied.num_params(non_embedding=True) == L * per_block + C + V * C
+    tied = small(tie_embeddings=True)
+    assert tied.num_params() == V * C + L * per_block + C
+    assert sum(p.numel() for p in tied.parameters()) == tied.num_params()
+    assert not any(n.endswith("bias") for n, _ in untied.named_parameters())
+
+
+def test_flops_per_token_formula():
+    m = small()
+    c = m.config
+    assert m.flops_per_token() == 6 * m.num_params(non_embedding=True) + 6 * c.n_layers * c.context_length * c.d_model
+
+
+def test_initial_loss_is_ln_vocab():
+    m = small(vocab_size=200)
+    x = torch.randint(0, 200, (8, 32))
+    assert abs(m.loss(x, x).item() - math.log(200)) < 0.05
+
+
+def test_kv_cache_decoding_equals_full_forward():
+    m = small().eval()
+    x = torch.randint(0, 50, (2, 20))
+    with torch.no_grad():
+        full = m(x)
+        cache = KVCache(m.config.n_layers)
+        parts = [m(x[:, :7], cache=cache)] + [m(x[:, t : t + 1], cache=cache) for t in range(7, 20)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    assert len(cache) == 20 and cache.nbytes() == 2 * 2 * 2 * 20 * 32 * 4
+
+
+def test_generate_greedy_matches_argmax_and_topk_respected():
+    m = small().eval()
+    prompt = torch.randint(0, 50, (1, 5))
+    out = m.generate(prompt, 40, temperature=0)  # runs past context_length=32
+    assert out.shape == (1, 45)
+    with torch.no_grad():
+        assert out[0, 5] == m(prompt)[0, -1].argmax()
+        assert out[0, 40] == m(out[:, 40 - 32 : 40])[0, -1].argmax()
+    g = torch.Generator().manual_seed(0)
+    sampled = m.generate(prompt, 30, temperature=1.0, top_k=1, generator=g)
+    assert torch.equal(sampled[:, :30], out[:, :30])  # top-1 sampling is greedy
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [({"d_model": 30, "n_heads": 4}, "d_model"), ({"n_layers": 0}, "n_layers"), ({"attn_impl": "flash"}, "attn_impl"),
+     ({"d_model": 12, "n_heads": 4}, "even"), ({"vocab_size": -1}, "vocab_size")],
+)
+def test_bad_config_names_field(kw, field):
+    cfg = dict(vocab_size=50, d_model=32, n_heads=4)
+    cfg.update(kw)
+    with pytest.raises(ValueError, match=field):
+        GPTConfig(**cfg)
+
+
+def test_bad_inputs():
+    m = small()
+    with pytest.raises(ValueError, match="context_length"):
+        m(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="vocab_size"):
+        m(torch.full((1, 4), 50))
+    with pytest.raises(ValueError, match="batch, time"):
+        m(torch.zeros(4, dtype=torch.long))

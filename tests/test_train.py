@@ -1,0 +1,130 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minilm import schedules
+from minilm.checkpoint import load_checkpoint, model_from_checkpoint
+from minilm.data import MarkovLanguage
+from minilm.data.languages import _entropy
+from minilm.device import resolve_device
+from minilm.models import GPT, GPTConfig
+from minilm.train import TrainingDivergedError, evaluate, train
+
+LANG = MarkovLanguage(vocab_size=16, order=1, concentration=0.2, seed=0)
+TRAIN = LANG.sample(60_000, seed=1)
+VAL = LANG.sample(8_000, seed=2)
+
+
+def model(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=16, context_length=16, n_layers=1, n_heads=2, d_model=32)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg))
+
+
+def run(m, **kw):
+    args = dict(steps=60, batch_size=16, lr=3e-3, eval_every=30, progress=False, device="cpu", seed=0)
+    args.update(kw)
+    return train(m, TRAIN, VAL, **args)
+
+
+def test_loss_falls_below_unigram_entropy_but_not_below_entropy_rate():
+    m = model()
+    h = run(m, steps=250, eval_every=250)
+    unigram = _entropy(np.bincount(TRAIN, minlength=16) / len(TRAIN))
+    val = evaluate(m, VAL, device="cpu")
+    assert h["train_loss"][0] == pytest.approx(math.log(16), abs=0.15)
+    assert val < unigram - 0.3, (val, unigram)  # it learned to use the context
+    # Never meaningfully below the exact entropy rate (allowing 4 standard errors of the estimate).
+    se = 1.0 / math.sqrt(len(VAL))
+    assert val > LANG.entropy_rate() - 4 * se, (val, LANG.entropy_rate())
+
+
+def test_same_seed_same_curve_different_seed_different_curve():
+    a = run(model())["train_loss"]
+    b = run(model())["train_loss"]
+    c = run(model(), seed=1)["train_loss"]
+    assert a == b
+    assert a != c
+
+
+def test_resume_continues_loss_curve_exactly(tmp_path):
+    full = run(model(), steps=40)
+    ckpt = tmp_path / "run.pt"
+    run(model(), steps=40, checkpoint_path=ckpt, checkpoint_every=10,
+        callbacks=[lambda info: info["step"] == 19])  # "interrupted" after 20 steps
+    assert load_checkpoint(ckpt)["step"] == 20
+    resumed = run(model(seed=123), steps=40, checkpoint_path=ckpt, resume=True)
+    assert resumed["train_loss"] == full["train_loss"]
+    assert resumed["val_loss"] == full["val_loss"]
+
+
+def test_checkpoint_is_weights_only_and_rebuilds_model(tmp_path):
+    m = model()
+    run(m, steps=5, checkpoint_path=tmp_path / "c.pt")
+    raw = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert raw["format"] == "minilm-checkpoint-v1"
+    again = model_from_checkpoint(tmp_path / "c.pt")
+    x = torch.randint(0, 16, (2, 16))
+    assert torch.equal(again(x), m(x))
+    assert not list(tmp_path.glob("*.tmp"))  # the atomic write left nothing behind
+
+
+def test_divergence_raises_and_keeps_last_good_checkpoint(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    m = model()
+    good = run(m, steps=10, checkpoint_path=ckpt)
+    def poison(info):  # simulate a blow-up after the checkpoint was written
+        if info["step"] == 12:
+            with torch.no_grad():
+                info["model"].head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="lower learning rate"):
+        run(m, steps=30, checkpoint_path=ckpt, resume=True, callbacks=[poison])
+    saved = load_checkpoint(ckpt)
+    assert saved["step"] == 10 and saved["history"]["train_loss"] == good["train_loss"]
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_bad_inputs_get_clear_errors():
+    with pytest.raises(ValueError, match="vocab_size"):
+        train(model(vocab_size=8), TRAIN, steps=1, progress=False)
+    with pytest.raises(ValueError, match="context_length"):
+        train(model(), TRAIN, steps=1, context_length=64, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint("/nonexistent/x.pt")
+
+
+def test_corrupt_checkpoint_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable minilm checkpoint"):
+        load_checkpoint(bad)
+
+
+def test_schedules():
+    cos = schedules.cosine(100, warmup_steps=10, final_fraction=0.1)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
+    assert cos(10) == pytest.approx(1.0) and cos(100) == pytest.approx(0.1)
+    assert cos(55) == pytest.approx(0.55)
+    w = schedules.wsd(100, warmup_steps=5, decay_fraction=0.2)
+    assert w(50) == 1.0 and w(79) == 1.0 and w(90) == pytest.approx(0.5) and w(100) == 0.0
+    h = run(model(), steps=20, schedule=schedules.cosine(20, warmup_steps=5))
+    assert h["lr"][0] == pytest.approx(3e-3 / 5) and h["lr"][4] == pytest.approx(3e-3)
+
+
+def test_device_auto_and_errors():
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_no_float64_in_model_or_training():
+    m = model()
+    run(m, steps=3)
+    assert all(p.dtype == torch.float32 for p in m.parameters())
