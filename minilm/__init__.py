@@ -6,6 +6,8 @@ lab to read the equations they implement.
 
 __version__ = "0.1.0"
 
+# Whole modules a lab uses by name: minilm.attention.sliding_window_mask(...), minilm.scaling...
+from minilm import attention, imbalance, scaling, sharpness, toy_problems  # noqa: E402
 from minilm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from minilm.data import (
     ByteTokenizer,
@@ -19,13 +21,52 @@ from minilm.data import (
     pydoc_text,
     stdlib_code,
 )
+from minilm.data.bpe import BPETokenizer
 from minilm.device import resolve_device, seed_everything
-from minilm.models import GPT, GPTConfig, KVCache, LanguageModel, build_model
+from minilm.models import (
+    GPT,
+    LSTMLM,
+    RWKV,
+    GPTConfig,
+    KVCache,
+    LanguageModel,
+    LSTMConfig,
+    NGramConfig,
+    NGramLM,
+    NGramModel,
+    RWKVConfig,
+    build_model,
+)
+from minilm.optim import SGD, Adam, AdamW, Lion, Muon, SignSGD, Sophia, make_optimizer
 from minilm.schedules import constant, cosine, wsd
+from minilm.ssm import SSMLM, SSMConfig
 from minilm.train import TrainingDivergedError, evaluate, train
 
 __all__ = [
     "GPT",
+    "LSTMLM",
+    "RWKV",
+    "SSMLM",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "BPETokenizer",
+    "LSTMConfig",
+    "Lion",
+    "Muon",
+    "NGramConfig",
+    "NGramLM",
+    "NGramModel",
+    "RWKVConfig",
+    "SSMConfig",
+    "SignSGD",
+    "Sophia",
+    "attention",
+    "imbalance",
+    "make_optimizer",
+    "scaling",
+    "sharpness",
+    "toy_problems",
     "ByteTokenizer",
     "CharTokenizer",
     "Dataset",

@@ -46,11 +46,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     extra = {"order": args.order} if args.order is not None else {}
     model = build_model(args.model, data.vocab_size, size=args.size, context_length=args.context, **extra)
-    print(f"model {args.model} ({args.size}): {model.num_params():,} parameters; data {args.data}: "
-          f"{len(data.train):,} training tokens, vocab {data.vocab_size}; device {device}")
+    print(f"data {args.data}: {len(data.train):,} training tokens, vocab {data.vocab_size}; device {device}")
     if hasattr(model, "fit"):  # count-based models are fitted, not trained
         model.fit(data.train)
+        print(f"model {args.model} (order {model.config.order}): {model.num_params():,} stored counts")
     else:
+        print(f"model {args.model} ({args.size}): {model.num_params():,} parameters")
         train(model, data.train, data.val, steps=args.steps, batch_size=args.batch_size,
               context_length=args.context, lr=args.lr, device=device, seed=args.seed,
               eval_every=max(1, args.steps // 5), checkpoint_path=args.out, resume=args.resume)

@@ -128,3 +128,21 @@ def test_no_float64_in_model_or_training():
     m = model()
     run(m, steps=3)
     assert all(p.dtype == torch.float32 for p in m.parameters())
+
+
+@pytest.mark.parametrize("kind", ["gpt", "rwkv", "lstm", "ngram", "ssm"])
+def test_every_model_kind_round_trips_through_a_checkpoint(kind, tmp_path):
+    from minilm.checkpoint import save_checkpoint
+    from minilm.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model(kind, vocab_size=16, size="tiny", context_length=16)
+    if hasattr(m, "fit"):
+        m.fit(TRAIN[:5000])
+    save_checkpoint(tmp_path / "m.pt", m)
+    again = model_from_checkpoint(tmp_path / "m.pt")
+    x = torch.randint(0, 16, (2, 16))
+    m.eval()
+    again.eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), m(x))

@@ -33,6 +33,21 @@ class LanguageModel(nn.Module):
     def vocab_size(self) -> int:
         return int(self.config.vocab_size)
 
+    # ---------------------------------------------------------------------------------- input
+    def check_tokens(self, idx: torch.Tensor, min_length: int = 0) -> None:
+        """Raise a clear ValueError unless idx is (batch, time) token ids inside the vocabulary."""
+        name = type(self).__name__
+        if idx.dim() != 2:
+            raise ValueError(f"{name} expects token ids of shape (batch, time), got shape {tuple(idx.shape)}")
+        if idx.size(1) < min_length:
+            raise ValueError(f"{name} needs at least {min_length} token(s), got {idx.size(1)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            bad = int(idx.max()) if int(idx.max()) >= self.config.vocab_size else int(idx.min())
+            raise ValueError(
+                f"token id {bad} out of range for vocab_size={self.config.vocab_size}: "
+                "the data's tokenizer and the model's vocab_size must match"
+            )
+
     # ----------------------------------------------------------------------------------- loss
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy in nats: -1/(B*T) * sum log p(targets | prefix)."""

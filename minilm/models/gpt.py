@@ -327,18 +327,12 @@ class GPT(LanguageModel):
         default is full causal attention. cache: a ``KVCache`` for incremental decoding.
         need_weights: also return the list of per-layer attention weights (B, H, T, Tk).
         """
-        if idx.dim() != 2:
-            raise ValueError(f"GPT expects token ids of shape (batch, time), got shape {tuple(idx.shape)}")
+        self.check_tokens(idx)
         B, T = idx.shape
         if cache is None and T > self.config.context_length:
             raise ValueError(
                 f"sequence length {T} exceeds context_length={self.config.context_length}: "
                 "crop the input or build the model with a larger context_length"
-            )
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
-            raise ValueError(
-                f"token id {int(idx.max())} out of range for vocab_size={self.config.vocab_size}: "
-                "the data's tokenizer and the model's vocab_size must match"
             )
         if attn_mask is not None and tuple(attn_mask.shape) != (T, T if cache is None else len(cache) + T):
             raise ValueError(f"attn_mask must have shape (T, T) = ({T}, {T}), got {tuple(attn_mask.shape)}")

@@ -1,0 +1,611 @@
+"""The trusted grading parent: grade notebooks in sandboxed children, or objects directly.
+
+``grade_notebook`` runs one submission: an untrusted child (``runner.py``) executes the notebook
+in a kernel, then the parent draws the hidden inputs from a seed chosen now, sends them, reads
+back JSON, and scores. The parent never imports or unpickles anything of the student's.
+
+``grade_objects`` probes functions and values given directly (a reference solution, a known-wrong
+answer, a stub) in this process, without running any notebook: it is for *trusted* objects only,
+and is what the release gates and the labs' tests use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import minilm
+from minilm.grading import notebook as nbtools
+from minilm.grading import probe as probe_module
+from minilm.grading import sandbox
+from minilm.grading.checker import (
+    PlannedCheck,
+    QuestionResult,
+    ReferenceCache,
+    plan_checks,
+    probe_request,
+    score_question,
+    zero_result,
+)
+from minilm.grading.labs import get_lab
+from minilm.grading.probe import probe_question
+from minilm.grading.questions import Lab
+
+MAX_EVENT_BYTES = 80 * 2**20  # one line from the runner; beyond this the child is killed
+# Read once, before any student code runs: the probe sent to kernels is this text, not the file as
+# it may be on disk later.
+PROBE_SOURCE = Path(probe_module.__file__).read_text(encoding="utf-8")
+
+
+@dataclass
+class Limits:
+    """Time and memory limits of one submission's child.
+
+    ``cell_timeout``: seconds one cell may run; ``timeout``: seconds for the whole notebook;
+    ``probe_timeout``: seconds to probe one question; ``memory_mb``: address-space limit of the
+    kernel (``None`` for none); ``file_mb``: largest file it may write; ``max_restarts``: kernel
+    restarts after a crash or a cell that cannot be interrupted; ``user``: when the grader runs
+    as root (Gradescope), the unprivileged user that runs the student's code (e.g. ``"nobody"``).
+    """
+
+    cell_timeout: float = 300.0
+    timeout: float = 900.0
+    probe_timeout: float = 60.0
+    memory_mb: int | None = 8192
+    file_mb: int | None = 1024
+    max_restarts: int = 3
+    user: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cell_timeout", "timeout", "probe_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
+        if self.memory_mb is not None and self.memory_mb < 256:
+            raise ValueError(f"memory_mb={self.memory_mb} is too small to start Python: use >= 256 or None")
+        if self.max_restarts < 0:
+            raise ValueError("max_restarts must be >= 0")
+
+
+@dataclass
+class GradeResult:
+    """The grade of one submission.
+
+    ``status``: ``ok`` (ran and probed; questions may still have failed), ``invalid-notebook``,
+    ``timeout`` (the child was killed at the hard time limit), ``crashed`` (the child failed).
+    ``cells`` lists cells that did not run cleanly (instructor view); ``tamper`` lists findings
+    for the instructor to review.
+    """
+
+    student: str
+    submission: str
+    lab: str
+    status: str
+    questions: list[QuestionResult]
+    message: str = ""
+    seed: int | None = None
+    cells: list[dict] = field(default_factory=list)
+    tamper: list[str] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)  # question -> normalized code (duplicates)
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return round(sum(q.score for q in self.questions), 6)
+
+    @property
+    def max_score(self) -> float:
+        return float(sum(q.points for q in self.questions))
+
+    def question(self, name: str) -> QuestionResult:
+        for q in self.questions:
+            if q.name == name:
+                return q
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["score"] = self.score
+        data["max_score"] = self.max_score
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading objects directly (trusted objects only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _roundtrip(reply: dict) -> Any:
+    # The same strict JSON the child's reply goes through.
+    return json.loads(json.dumps(reply, allow_nan=False), parse_constant=_reject_constant)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def grade_objects(
+    lab: Lab | str,
+    namespace: Mapping[str, Any],
+    seed: int = 0,
+    public_only: bool = False,
+    questions: Iterable[str] | None = None,
+    references: ReferenceCache | None = None,
+) -> GradeResult:
+    """Grade objects given directly: ``namespace`` maps target names to functions or values.
+
+    Runs them *in this process*: only for trusted objects (reference solutions, known-wrong
+    answers, stubs). Student notebooks go through ``grade_notebook``. Targets missing from
+    ``namespace`` score zero as "missing"; a value question's ``params`` default to the
+    question's declared values when absent.
+    """
+    lab = get_lab(lab) if isinstance(lab, str) else lab
+    wanted = set(questions) if questions is not None else None
+    references = references or ReferenceCache()
+    results = []
+    for q in lab.questions:
+        if wanted is not None and q.name not in wanted:
+            continue
+        checks = plan_checks(q, seed, public_only)
+        ns = dict(q.params)
+        ns.update(namespace)
+        reply = _roundtrip(probe_question(probe_request(q, checks), ns))
+        results.append(score_question(q, checks, reply, references))
+    return GradeResult(student="(objects)", submission="", lab=lab.id, status="ok", questions=results, seed=seed)
+
+
+def reference_namespace(lab: Lab) -> dict[str, Any]:
+    """The reference answer of every question, keyed by target name (for ``grade_objects``)."""
+    ns: dict[str, Any] = {}
+    for q in lab.questions:
+        if q.kind == "function":
+            ns[q.target] = q.reference
+        elif q.reference is None:
+            ns[q.target] = q.answer
+        else:
+            ns[q.target] = q.reference(**q.params)
+    return ns
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading notebooks in a sandboxed child
+# ---------------------------------------------------------------------------------------------
+
+
+def _package_root() -> str:
+    """The directory holding the ``minilm`` package, so the child imports this very copy."""
+    return str(Path(minilm.__file__).resolve().parent.parent)
+
+
+def derive_seed(master: int, student: str) -> int:
+    """Each student's hidden inputs differ (no answers to pass around), yet are reproducible."""
+    digest = hashlib.sha256(f"{master}:{student}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class Runners:
+    """The runner processes alive now, so that a sweep for orphans spares them (``grade -j N``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pids: set[int] = set()
+
+    def sweep(self) -> int:
+        """Kill this process's children that are not live runners: what students left behind.
+
+        Only meaningful when this process is a subreaper (``sandbox.become_subreaper``).
+        """
+        with self.lock:
+            return sandbox.kill_children(keep=set(self.pids))
+
+
+class _Child:
+    """One runner process and the JSON-lines channel to it."""
+
+    def __init__(self, argv: list[str], cwd: str, env: dict, log_path: str, user: dict | None = None,
+                 runners: Runners | None = None) -> None:
+        self.log = open(log_path, "wb")
+        self.runners = runners or Runners()
+        with self.runners.lock:
+            self.proc = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                start_new_session=True, **(user or {}),
+            )
+            self.runners.pids.add(self.proc.pid)
+        self.events: queue.Queue = queue.Queue()
+        self.kernel_pids: set[int] = set()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        stream = self.proc.stdout
+        try:
+            while True:
+                line = stream.readline(MAX_EVENT_BYTES)
+                if not line:
+                    break
+                if not line.endswith(b"\n"):
+                    self.events.put({"event": "overflow"})
+                    break
+                try:
+                    event = json.loads(line, parse_constant=_reject_constant)
+                except (ValueError, RecursionError):
+                    continue  # not ours; the protocol ignores it
+                if type(event) is dict:
+                    if event.get("event") == "kernel" and type(event.get("pid")) is int:
+                        self.kernel_pids.add(event["pid"])
+                    self.events.put(event)
+        except (OSError, ValueError):
+            pass
+        self.events.put({"event": "eof"})
+
+    def send(self, obj: dict) -> bool:
+        try:
+            self.proc.stdin.write((json.dumps(obj, allow_nan=False) + "\n").encode())
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def next_event(self, deadline: float) -> dict:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return {"event": "deadline"}
+        try:
+            return self.events.get(timeout=left)
+        except queue.Empty:
+            return {"event": "deadline"}
+
+    def kill(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                continue
+        with self.runners.lock:
+            self.runners.pids.discard(self.proc.pid)
+        for pid in self.kernel_pids:  # a kernel that outlived its runner
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self.log.close()
+
+
+def _student_name(path: Path) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem) or "submission"
+
+
+def _lab_for(nb: Any, path: Path, lab: str | Lab | None) -> Lab:
+    if isinstance(lab, Lab):
+        return lab
+    if lab is not None:
+        return get_lab(lab)
+    found = nbtools.lab_id_of(nb, path)
+    if found is None:
+        raise ValueError(f"cannot tell which lab {path.name} is: pass lab='NN' (minilm grade --lab NN)")
+    return get_lab(found)
+
+
+def grade_notebook(
+    path: str | os.PathLike,
+    lab: str | Lab | None = None,
+    seed: int | None = None,
+    limits: Limits | None = None,
+    public_only: bool = False,
+    release: str | os.PathLike | None = None,
+    student: str | None = None,
+    references: ReferenceCache | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    runners: Runners | None = None,
+) -> GradeResult:
+    """Grade one notebook file in a sandboxed child process.
+
+    ``lab``: the lab id (default: read from the notebook's metadata, its ``LAB = "NN"`` cell, or
+    its file name). ``seed``: the seed of the hidden inputs (default: drawn now, recorded in the
+    result). ``public_only``: run the public checks only (what ``minilm check`` does).
+    ``release``: the released student notebook, to report edited locked cells against it.
+    """
+    t0 = time.monotonic()
+    path = Path(path)
+    limits = limits or Limits()
+    student = student or _student_name(path)
+    seed = secrets.randbits(63) if seed is None else int(seed)
+    nb, error = nbtools.read_submission(path)
+    if nb is None:
+        try:
+            lab_obj = _lab_for(None, path, lab)
+        except ValueError:
+            lab_obj = None
+        questions = []
+        if lab_obj is not None:
+            questions = [zero_result(q, "not-graded", error, []) for q in lab_obj.questions]
+        return GradeResult(student, str(path), lab_obj.id if lab_obj else "", "invalid-notebook", questions,
+                           message=error, seed=seed, duration_s=time.monotonic() - t0)
+    lab_obj = _lab_for(nb, path, lab)
+    for module in ("ipykernel", "nbclient"):
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(f"grading notebooks needs {module}: pip install 'minilm[lab]' (or {module})")
+    result = _run_child(nb, path, lab_obj, seed, limits, public_only, student, references or ReferenceCache(), on_event,
+                        runners)
+    result.tamper.extend(nbtools.tamper_findings(nb, lab_obj, release))
+    result.answers = nbtools.answer_sources(nb, lab_obj)
+    missing = [q.name for q in result.questions if q.status == "missing"]
+    if missing:
+        result.tamper.append(f"questions not answered (target not defined): {', '.join(missing)}")
+    result.duration_s = round(time.monotonic() - t0, 2)
+    return result
+
+
+def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only: bool, student: str,
+               references: ReferenceCache, on_event, runners: Runners | None) -> GradeResult:
+    job = tempfile.mkdtemp(prefix="minilm-grade-")
+    token = secrets.token_hex(16)
+    child = None
+    questions: dict[str, QuestionResult] = {}
+    plans: dict[str, list[PlannedCheck]] = {}
+    cells: list[dict] = []
+    notes: list[str] = []
+    status, message = "ok", ""
+    try:
+        work, home = os.path.join(job, "work"), os.path.join(job, "home")
+        os.makedirs(work)
+        os.makedirs(home)
+        copy = os.path.join(work, _student_name(path) + ".ipynb")
+        nbtools.write_for_execution(nb, copy)
+        sandbox.write_kernelspec(home, sys.executable)
+        env = sandbox.child_env(home, [_package_root()], token)
+        config = {
+            "notebook": copy, "workdir": work, "cell_timeout": limits.cell_timeout, "timeout": limits.timeout,
+            "probe_timeout": limits.probe_timeout, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
+            "max_restarts": limits.max_restarts, "n_questions": len(lab.questions),
+            "processes": 256 if limits.user else None,
+        }
+        hard_exec = time.monotonic() + limits.timeout + 120  # kernel start and replay slack
+        user = _switch_user(limits.user, job)
+        runner = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
+        child = _Child([sys.executable, runner], work, env, os.path.join(job, "runner.log"), user, runners)
+        child.send(config)
+        executed = None
+        while executed is None:
+            event = child.next_event(hard_exec)
+            if on_event:
+                on_event(event)
+            kind = event.get("event")
+            if kind == "started" and type(event.get("limits_missing")) is list and event["limits_missing"]:
+                notes.append(f"limits not enforced on this system: {str(event['limits_missing'])[:200]}")
+            elif kind == "executed":
+                executed = event
+            elif kind in ("eof", "fatal", "deadline", "overflow"):
+                status = "timeout" if kind == "deadline" else "crashed"
+                message = _child_failure(kind, event, job)
+                break
+        if executed is not None:
+            cells = _cell_events(executed.get("cells"), nb)
+            # Hidden inputs are drawn only now, after the student's code has run.
+            for q in lab.questions:
+                plans[q.name] = plan_checks(q, seed, public_only)
+            request = {"probe_source": PROBE_SOURCE,
+                       "questions": [{"name": q.name, "request": probe_request(q, plans[q.name])}
+                                     for q in lab.questions]}
+            child.send(request)
+            hard_probe = time.monotonic() + limits.timeout + len(lab.questions) * limits.probe_timeout + 120
+            while True:
+                event = child.next_event(hard_probe)
+                if on_event:
+                    on_event(event)
+                kind = event.get("event")
+                if kind == "probe":
+                    name = event.get("name")
+                    q = next((x for x in lab.questions if x.name == name), None)
+                    if q is None or name in questions:
+                        continue
+                    questions[name] = _score_probe(q, plans[name], event, references)
+                elif kind == "done":
+                    break
+                elif kind in ("eof", "fatal", "deadline", "overflow"):
+                    if kind == "deadline":
+                        status = "timeout"
+                    elif len(questions) < len(lab.questions):
+                        status = "crashed"
+                    message = _child_failure(kind, event, job)
+                    break
+    finally:
+        if child is not None:
+            child.kill()
+        sandbox.kill_job_processes(token)
+        shutil.rmtree(job, ignore_errors=True)
+    final = []
+    for q in lab.questions:
+        if q.name in questions:
+            final.append(questions[q.name])
+        else:
+            why = "not-graded" if status == "ok" else status
+            final.append(zero_result(q, why, message or "the grader did not get this question's result",
+                                     plans.get(q.name) or plan_checks(q, seed, True)))
+    return GradeResult(student, str(path), lab.id, status, final, message=message, seed=seed, cells=cells, notes=notes)
+
+
+_CELL_STATUSES = ("error", "timeout", "crashed", "not-run")
+
+
+def _cell_events(raw: Any, nb: Any) -> list[dict]:
+    """The cells that did not run cleanly, as the (untrusted) runner reports them, sanitized.
+
+    The runner counts code cells only; each event gets the cell's position in the notebook and
+    its first line, which is how a student finds it.
+    """
+    code = [(i, c.get("source", "")) for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code"]
+    out = []
+    for c in raw if type(raw) is list else []:
+        if type(c) is dict and type(c.get("index")) is int and c.get("status") in _CELL_STATUSES \
+                and 0 <= c["index"] < len(code):
+            index, source = code[c["index"]]
+            first = next((line.strip() for line in source.split("\n") if line.strip()), "")[:60]
+            out.append({"index": index, "first_line": first, "status": c["status"],
+                        "error": str(c.get("error", ""))[:300]})
+    return out[:200]
+
+
+def _switch_user(name: str | None, job: str) -> dict | None:
+    """Popen arguments that run the child as user ``name``, who is given the job directory."""
+    if name is None:
+        return None
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"there is no user {name!r} to run student code as") from None
+    if os.geteuid() != 0:
+        raise ValueError("running student code as another user needs the grader to run as root")
+    for root, dirs, files in os.walk(job):
+        for entry in [root] + [os.path.join(root, x) for x in dirs + files]:
+            os.chown(entry, pw.pw_uid, pw.pw_gid)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def check_user_can_run(name: str) -> None:
+    """Fail early, with a clear message, when user ``name`` cannot run this Python and minilm."""
+    job = tempfile.mkdtemp(prefix="minilm-user-check-")
+    try:
+        user = _switch_user(name, job)
+        env = sandbox.child_env(job, [_package_root()], "check")
+        fix = "(install Python and the packages where that user can read them)"
+        try:
+            proc = subprocess.run([sys.executable, "-c", "import minilm.grading, nbclient, ipykernel"], cwd=job,
+                                  env=env, capture_output=True, timeout=120, **user)
+        except OSError as err:
+            raise ValueError(f"user {name!r} cannot run {sys.executable}: {err.strerror} {fix}") from None
+        if proc.returncode != 0:
+            tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no message)"]
+            raise ValueError(f"user {name!r} cannot run {sys.executable} with minilm and ipykernel: {tail[0]} {fix}")
+    finally:
+        shutil.rmtree(job, ignore_errors=True)
+
+
+def _child_failure(kind: str, event: dict, job: str) -> str:
+    if kind == "deadline":
+        return "the submission ran past the grading time limit"
+    if kind == "overflow":
+        return "the submission produced an oversized reply"
+    if kind == "fatal":
+        return "the grader's runner failed: " + str(event.get("error", ""))[-500:]
+    try:
+        with open(os.path.join(job, "runner.log"), "rb") as f:
+            tail = f.read()[-800:].decode("utf-8", "replace")
+    except OSError:
+        tail = ""
+    return "the grading process ended early" + (f": {tail.strip()}" if tail.strip() else "")
+
+
+def _score_probe(q, checks: list[PlannedCheck], event: dict, references: ReferenceCache) -> QuestionResult:
+    status = event.get("status")
+    if status == "ok" and type(event.get("reply")) is str:
+        try:
+            reply = json.loads(event["reply"], parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            return zero_result(q, "error", "the probe's reply was not valid JSON", checks)
+        if type(reply) is dict and "probe_error" in reply:
+            return zero_result(q, "error", f"probing failed: {str(reply['probe_error'])[:300]}", checks)
+        return score_question(q, checks, reply, references)
+    if status == "timeout":
+        return zero_result(q, "timeout", f"probing {q.target} timed out ({str(event.get('error', ''))[:100]})", checks)
+    if status == "crashed":
+        return zero_result(q, "crashed", f"the kernel died while probing {q.target}", checks)
+    return zero_result(q, "error", f"probing {q.target} failed: {str(event.get('error', ''))[:300]}", checks)
+
+
+# ---------------------------------------------------------------------------------------------
+# A class: many notebooks in parallel
+# ---------------------------------------------------------------------------------------------
+
+
+def grade_many(
+    paths: Iterable[str | os.PathLike],
+    lab: str | Lab | None = None,
+    jobs: int = 1,
+    seed: int | None = None,
+    limits: Limits | None = None,
+    release: str | os.PathLike | None = None,
+    progress: bool = True,
+    sweep_orphans: bool = False,
+) -> tuple[list[GradeResult], int]:
+    """Grade many notebooks, ``jobs`` at a time. Returns (results in input order, master seed).
+
+    Each student's hidden inputs come from ``derive_seed(master_seed, student)``: reproducible
+    with the same master seed, different from one student to the next. ``sweep_orphans``: after
+    each submission, kill the processes it left behind (for a subreaper process: ``minilm grade``).
+    """
+    paths = [Path(p) for p in paths]
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    master = secrets.randbits(63) if seed is None else int(seed)
+    names = _unique_names(paths)
+    references = ReferenceCache()
+    lab_obj = get_lab(lab) if isinstance(lab, str) else lab
+    if lab_obj is not None:  # warm up: import everything the parent needs before any student code runs
+        plan_checks(lab_obj.questions[0], 0, True)
+
+    runners = Runners()
+
+    def one(i: int) -> GradeResult:
+        try:
+            return grade_notebook(paths[i], lab_obj, derive_seed(master, names[i]), limits, release=release,
+                                  student=names[i], references=references, runners=runners)
+        except ValueError as err:  # e.g. the lab cannot be told: a per-submission failure
+            return GradeResult(names[i], str(paths[i]), "", "invalid-notebook", [], message=str(err))
+        except Exception as err:  # noqa: BLE001 - a grader bug must not stop the class
+            return GradeResult(names[i], str(paths[i]), "", "crashed", [],
+                               message=f"internal grader error: {type(err).__name__}: {err}")
+        finally:
+            if sweep_orphans:
+                runners.sweep()
+
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(one, i) for i in range(len(paths))]
+        results = []
+        for fut in tqdm(futures, desc="grading", unit="nb", disable=not progress):
+            results.append(fut.result())
+    return results, master
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    names = [_student_name(p) for p in paths]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        if names.count(n) > 1:
+            seen[n] = seen.get(n, 0) + 1
+            out.append(f"{n}-{seen[n]}")
+        else:
+            out.append(n)
+    return out

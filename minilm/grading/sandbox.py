@@ -1,0 +1,218 @@
+"""Keeping student code in its box: environment, resource limits, and no process left behind.
+
+Used by the grading parent and by the runner child. Linux gets every defence; other systems get
+what they offer (documented in docs/grading.md):
+
+- the child environment is an allow-list (no tokens or secrets of the grader's environment leak),
+  with a private HOME, TMPDIR and Jupyter/IPython directories per submission;
+- ``RLIMIT_AS`` (memory), ``RLIMIT_FSIZE`` (file size) and ``RLIMIT_CORE`` in the child;
+- ``PR_SET_DUMPABLE=0`` so a student's process of the same user cannot read the grader's memory
+  or file descriptors through /proc or ptrace;
+- ``PR_SET_CHILD_SUBREAPER`` so processes a student detaches (double fork, ``setsid``) are
+  re-parented to the runner or the grader, which kills them all before any report is written.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+
+# Variables a kernel legitimately needs from the grader's environment; everything else is dropped.
+_KEEP_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
+             "OMP_NUM_THREADS", "MKL_NUM_THREADS", "SYSTEMROOT")
+
+
+def _prctl(option: int, value: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def make_undumpable() -> bool:
+    """Forbid same-user processes to ptrace this one or read its /proc memory and fds (Linux)."""
+    return _prctl(PR_SET_DUMPABLE, 0)
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants instead of letting them escape to init (Linux)."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def apply_limits(memory_mb: int | None, file_mb: int | None, processes: int | None = None) -> list[str]:
+    """Limit this process and its future children; returns what could not be enforced.
+
+    ``processes`` (``RLIMIT_NPROC``) counts every process of the user, so it is only set when
+    student code runs as a user of its own (``--run-as``).
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return ["resource limits (no 'resource' module on this system)"]
+    missing = []
+    limits = (("RLIMIT_AS", memory_mb, 2**20), ("RLIMIT_FSIZE", file_mb, 2**20), ("RLIMIT_CORE", 0, 1),
+              ("RLIMIT_NPROC", processes, 1))
+    for name, amount, unit in limits:
+        if amount is None:
+            continue
+        limit = getattr(resource, name, None)
+        if limit is None:
+            missing.append(name)
+            continue
+        value = int(amount) * unit
+        try:
+            _, hard = resource.getrlimit(limit)
+            if hard != resource.RLIM_INFINITY and hard < value:
+                value = hard
+            resource.setrlimit(limit, (value, value))  # soft = hard: the student cannot raise it
+        except (ValueError, OSError):
+            missing.append(name)
+    return missing
+
+
+def child_env(home: str, python_path: list[str], job_token: str) -> dict[str, str]:
+    """The environment of the runner and kernel of one submission: allow-listed, private dirs."""
+    env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
+    env.setdefault("OMP_NUM_THREADS", "1")  # several submissions run side by side
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    tmp = os.path.join(home, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    env.update(
+        {
+            "HOME": home,
+            "TMPDIR": tmp,
+            "IPYTHONDIR": os.path.join(home, ".ipython"),
+            "JUPYTER_CONFIG_DIR": os.path.join(home, ".jupyter"),
+            "JUPYTER_DATA_DIR": os.path.join(home, ".local", "share", "jupyter"),
+            "JUPYTER_RUNTIME_DIR": os.path.join(home, "runtime"),
+            "JUPYTER_PATH": os.path.join(home, "jupyter"),
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "MPLCONFIGDIR": os.path.join(home, ".matplotlib"),
+            "MPLBACKEND": "Agg",
+            "PYTHONPATH": os.pathsep.join(python_path),
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+            "MINILM_FAST": "1",  # labs run their fast mode when graded
+            "CUDA_VISIBLE_DEVICES": "",  # graded on CPU, like the reference values
+            "MINILM_GRADE_JOB": job_token,  # lets the grader find this job's processes at cleanup
+        }
+    )
+    return env
+
+
+def write_kernelspec(home: str, python: str) -> None:
+    """A private ``python3`` kernelspec that runs this very interpreter (no ``ipykernel install``)."""
+    import json
+
+    path = os.path.join(home, "jupyter", "kernels", "python3")
+    os.makedirs(path, exist_ok=True)
+    spec = {
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (minilm grader)",
+        "language": "python",
+    }
+    with open(os.path.join(path, "kernel.json"), "w") as f:
+        json.dump(spec, f)
+
+
+def _proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, state) of ``pid`` from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[-1].split()  # the command name may contain spaces and parens
+    return int(fields[1]), fields[0]
+
+
+def _all_pids() -> list[int]:
+    try:
+        return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+
+
+def children_of(pid: int) -> list[int]:
+    """Live (non-zombie) direct children of ``pid`` (Linux /proc; empty elsewhere)."""
+    out = []
+    for p in _all_pids():
+        st = _proc_stat(p)
+        if st is not None and st[0] == pid and st[1] != "Z":
+            out.append(p)
+    return out
+
+
+def _reap(pids: set[int]) -> None:
+    # Only the processes we killed: the exit status of a runner belongs to its Popen object.
+    for pid in list(pids):
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] != 0:
+                pids.discard(pid)
+        except ChildProcessError:
+            pids.discard(pid)
+
+
+def kill_children(keep: set[int] | None = None, rounds: int = 50) -> int:
+    """SIGKILL every child of this process (adopted orphans included) except ``keep``; reap them.
+
+    Repeats until none is left, since killing a process re-parents its own children to us when
+    we are a subreaper. Returns how many processes were killed.
+    """
+    keep = keep or set()
+    killed = 0
+    dying: set[int] = set()
+    for _ in range(rounds):
+        victims = [p for p in children_of(os.getpid()) if p not in keep]
+        if not victims:
+            break
+        for p in victims:
+            try:
+                os.kill(p, signal.SIGKILL)
+                killed += 1
+                dying.add(p)
+            except OSError:
+                pass
+        time.sleep(0.05)
+        _reap(dying)
+    for _ in range(20):
+        if not dying:
+            break
+        time.sleep(0.05)
+        _reap(dying)
+    return killed
+
+
+def kill_job_processes(job_token: str, exclude: set[int] | None = None) -> int:
+    """SIGKILL processes of this user whose environment carries ``job_token`` (best effort).
+
+    Catches what a student detached from the kernel when no subreaper is available.
+    """
+    needle = f"MINILM_GRADE_JOB={job_token}".encode()
+    exclude = (exclude or set()) | {os.getpid()}
+    killed = 0
+    for p in _all_pids():
+        if p in exclude:
+            continue
+        try:
+            with open(f"/proc/{p}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            try:
+                os.kill(p, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed

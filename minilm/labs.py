@@ -1,0 +1,204 @@
+"""The labs as a command: ``minilm lab list`` and ``minilm lab run NN [--fast|--full]``.
+
+``lab run`` executes a lab notebook headless (the same notebook JupyterLab opens), with a progress
+bar over its cells, and prints the graded summary that the notebook's last cell computes. Fast
+mode is the notebook's default (``FAST = True`` in its ``parameters`` cell); ``--full`` injects
+``FAST = False`` right after that cell, as papermill does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_LAB_FILE = re.compile(r"^(\d\d)_([a-z0-9_]+)\.ipynb$")
+
+
+def labs_dir() -> Path:
+    """The ``labs/`` folder of the source checkout (or ``$MINILM_LABS_DIR``)."""
+    env = os.environ.get("MINILM_LABS_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[1] / "labs"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"labs folder not found at {path}: run from a source checkout of minilm (git clone, then "
+            "pip install -e .), or set MINILM_LABS_DIR to the folder holding the NN_topic.ipynb files"
+        )
+    return path
+
+
+@dataclass
+class LabInfo:
+    lab_id: str
+    topic: str
+    student: Path
+    solution: Path
+    chapter: Path
+
+    @property
+    def title(self) -> str:
+        return self.topic.replace("_", " ")
+
+    def status(self) -> str:
+        """A one-word status plus what is missing."""
+        missing = [name for name, p in (("student notebook", self.student), ("solution", self.solution),
+                                        ("chapter", self.chapter)) if not p.is_file()]
+        if missing:
+            return "incomplete (missing " + ", ".join(missing) + ")"
+        try:
+            from minilm.grading import get_lab, is_stale
+
+            n_questions = len(get_lab(self.lab_id).questions)
+            if is_stale(self.solution, self.student):
+                return f"stale student notebook ({n_questions} questions): run `minilm release {self.lab_id}`"
+            return f"ready ({n_questions} graded questions)"
+        except (ImportError, KeyError, ValueError) as err:
+            return f"no graded questions ({err})"
+
+
+def list_labs() -> list[LabInfo]:
+    """Every lab found in ``labs/solutions`` or ``labs/``, in number order."""
+    root = labs_dir()
+    found: dict[str, LabInfo] = {}
+    for path in sorted(root.glob("*.ipynb")) + sorted((root / "solutions").glob("*.ipynb")):
+        m = _LAB_FILE.match(path.name)
+        if m:
+            lab_id, topic = m.groups()
+            found[lab_id] = LabInfo(lab_id, topic, root / path.name, root / "solutions" / path.name,
+                                    root.parent / "course" / f"{lab_id}_{topic}.md")
+    return [found[k] for k in sorted(found)]
+
+
+def find_lab(lab_id: str) -> LabInfo:
+    lab_id = lab_id.zfill(2)
+    for lab in list_labs():
+        if lab.lab_id == lab_id:
+            return lab
+    known = ", ".join(lab.lab_id for lab in list_labs()) or "none"
+    raise ValueError(f"no lab {lab_id!r}: known labs are {known} (see `minilm lab list`)")
+
+
+def inject_parameters(nb, params: dict) -> None:
+    """Insert a cell setting ``params`` right after the cell tagged ``parameters``."""
+    import nbformat
+
+    source = "# injected parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    for i, cell in enumerate(nb.cells):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            nb.cells.insert(i + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+            return
+    raise ValueError("the notebook has no cell tagged 'parameters': tag the cell that sets FAST")
+
+
+def execute_notebook(path: Path, params: dict | None = None, timeout: int = 1800, progress: bool = True,
+                     cwd: Path | None = None, out_path: Path | None = None):
+    """Run every cell of a notebook headless (nbclient); returns the executed notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+    from tqdm.auto import tqdm
+
+    nb = nbformat.read(path, as_version=4)
+    if params:
+        inject_parameters(nb, params)
+    # The kernel (not this process) learns the mode from the environment as well as from FAST.
+    env = {**os.environ, "MINILM_FAST": "0" if params and params.get("FAST") is False else "1"}
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    bar = tqdm(total=len(code_cells), desc=f"run {path.name}", disable=not progress, unit="cell")
+    with client.setup_kernel(env=env):
+        for i in code_cells:
+            client.execute_cell(nb.cells[i], i)
+            bar.update(1)
+    bar.close()
+    if out_path is not None:
+        nbformat.write(nb, out_path)
+    return nb
+
+
+def cell_text(cell) -> str:
+    """All text a code cell printed (stream and text/plain outputs)."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            parts.append(out.get("text", ""))
+        elif "data" in out and "text/plain" in out["data"]:
+            parts.append(out["data"]["text/plain"])
+    return "".join(parts)
+
+
+def run_lab(lab_id: str, fast: bool = True, student: bool = False, progress: bool = True,
+            out_path: Path | None = None) -> tuple[object, float]:
+    """Execute a lab (solution by default) and return (executed notebook, seconds)."""
+    lab = find_lab(lab_id)
+    path = lab.student if student else lab.solution
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `minilm lab list` to see what is there")
+    t0 = time.perf_counter()
+    nb = execute_notebook(path, params=None if fast else {"FAST": False}, progress=progress, out_path=out_path)
+    return nb, time.perf_counter() - t0
+
+
+def _cmd_list(args) -> int:
+    labs = list_labs()
+    if not labs:
+        print(f"no labs in {labs_dir()}")
+        return 0
+    for lab in labs:
+        print(f"{lab.lab_id}  {lab.title:<28} {lab.status()}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from nbclient.exceptions import CellExecutionError
+
+    try:
+        nb, seconds = run_lab(args.lab, fast=not args.full, student=args.student,
+                              out_path=Path(args.out) if args.out else None)
+    except CellExecutionError as err:
+        print(f"minilm: the lab stopped with an error:\n{str(err)[-3000:]}")
+        return 1
+    graded = [c for c in nb.cells if c.cell_type == "code" and "graded-summary" in c.metadata.get("tags", [])]
+    summary = cell_text(graded[-1]) if graded else cell_text([c for c in nb.cells if c.cell_type == "code"][-1])
+    print(summary.rstrip())
+    print(f"({'full' if args.full else 'fast'} mode, {seconds:.0f} s)")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Register ``minilm lab list`` and ``minilm lab run``."""
+    p = subparsers.add_parser("lab", help="list the labs or run one headless")
+    lab_sub = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    q = lab_sub.add_parser("list", help="every lab and its status")
+    q.set_defaults(func=_cmd_list)
+    q = lab_sub.add_parser("run", help="execute a lab notebook headless and print its graded summary")
+    q.add_argument("lab", help="lab number, e.g. 00")
+    mode = q.add_mutually_exclusive_group()
+    mode.add_argument("--fast", action="store_true", help="fast mode (the default)")
+    mode.add_argument("--full", action="store_true", help="full mode: bigger experiments (minutes; a GPU helps)")
+    q.add_argument("--student", action="store_true", help="run the student notebook instead of the solution")
+    q.add_argument("--out", default=None, help="also save the executed notebook here")
+    q.set_defaults(func=_cmd_run)
+
+
+# ------------------------------------------------------------------------- inside a notebook
+def setup(seed: int = 0, device: str = "auto", threads: int | None = None):
+    """The first call of every lab: seeds, device (printed), thread count; returns the device.
+
+    ``threads`` defaults to ``$MINILM_THREADS`` when set (CI uses 1: on a busy 2-core machine two
+    threads were measured several times slower than one), else PyTorch's own default.
+    """
+    import torch
+
+    from minilm.device import resolve_device, seed_everything
+
+    if threads is None and os.environ.get("MINILM_THREADS"):
+        threads = int(os.environ["MINILM_THREADS"])
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    dev = resolve_device(device)
+    print(f"minilm lab set-up: device {dev}, {torch.get_num_threads()} CPU thread(s), seed {seed}")
+    return dev
