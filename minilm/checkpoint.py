@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from minilm.atomic import atomic_open
 
 FORMAT = "minilm-checkpoint-v1"
 
@@ -24,19 +25,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     The rename is atomic, so a crash mid-write never leaves a half-written checkpoint behind:
     the previous file stays intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(path, model, optimizer=None, step: int = 0, rng: dict | None = None,

@@ -4,7 +4,8 @@ Language is Zipfian: a few tokens make up most of the text and most tokens are r
 et al. sort the classes by frequency, cut them into bins holding equal shares of the data, and
 plot each bin's training loss: under SGD the rare bins barely move, under Adam all of them do.
 
-``frequency_bins`` makes the bins, ``per_bin_loss`` measures one batch's loss per bin.
+``frequency_bins`` makes the bins, ``per_bin_loss`` measures one batch's loss per bin, and
+``PerBinLossTracker`` records it during ``minilm.train.train`` (a callback).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["frequency_bins", "per_bin_loss"]
+__all__ = ["PerBinLossTracker", "frequency_bins", "per_bin_loss"]
 
 
 def frequency_bins(token_counts: Tensor, n_bins: int) -> Tensor:
@@ -80,3 +81,45 @@ def per_bin_loss(
     sums = torch.zeros(n_bins, device=losses.device).index_add_(0, target_bins, losses.detach())
     counts = torch.bincount(target_bins, minlength=n_bins).float()
     return sums / counts                                                  # 0/0 = NaN for empty bins
+
+
+class PerBinLossTracker:
+    """Per-bin loss on one fixed batch, every ``every`` steps: a callback for ``minilm.train.train``.
+
+    x, y: (B, T) token ids and next-token targets (``ignore_index`` = −100 entries are skipped);
+    bins: (V,) from ``frequency_bins``. Call ``record(model, 0)`` before training for the
+    starting point; then ``train(..., callbacks=[tracker])`` adds a reading after steps
+    ``every, 2·every, ...`` (counted from 1) and after the last one. ``steps`` and ``losses``
+    ((n_readings, n_bins) via ``as_array()``) hold what it saw, as in Kunstner et al. (2024), Fig. 1.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, bins: Tensor, n_bins: int | None = None, every: int = 20,
+                 total_steps: int | None = None) -> None:
+        if int(every) != every or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every}")
+        self.x, self.y, self.bins = x, y, bins
+        self.n_bins = int(bins.max()) + 1 if n_bins is None else int(n_bins)
+        self.every, self.total_steps = int(every), total_steps
+        self.steps: list[int] = []
+        self.losses: list[Tensor] = []
+
+    @torch.no_grad()
+    def record(self, model: torch.nn.Module, step: int) -> None:
+        """Measure the per-bin loss of ``model`` now and file it under ``step``."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        logits = model(self.x.to(device))                                  # (B, T, V)
+        self.losses.append(per_bin_loss(logits, self.y.to(device), self.bins, self.n_bins).cpu())
+        self.steps.append(int(step))
+        model.train(was_training)
+
+    def __call__(self, info: dict) -> bool:
+        done = info["step"] + 1                                            # steps taken so far
+        if done % self.every == 0 or done == self.total_steps:
+            self.record(info["model"], done)
+        return False                                                       # never stops training
+
+    def as_array(self):
+        """(n_readings, n_bins) numpy array of the recorded per-bin losses (NaN: no target in a bin)."""
+        return torch.stack(self.losses).numpy()

@@ -1,9 +1,12 @@
-"""Two-dimensional toy losses to watch optimizers move, e.g. behind a slider widget.
+"""Toy losses to watch optimizers move: a 2-D quadratic (behind a slider widget) and a tiny MLP.
 
 ``IllConditionedQuadratic`` is f(x) = ½ xᵀAx with A's eigenvalues λ_max and λ_max/κ in a rotated
 basis: the simplest loss where curvature decides everything. Gradient descent with step η
 shrinks the error along an eigenvector of curvature λ by (1 − ηλ) per step, so it converges iff
 η < 2/λ_max, and then needs ~κ steps along the flat direction. ``run_optimizer`` records the path.
+
+``random_label_mlp`` is the smallest network on which the edge of stability shows cleanly: a tanh
+MLP fitting random labels with the squared loss, full batch (Cohen et al. 2021's setting, shrunk).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch.optim import Optimizer
 
 from minilm.optim import Sophia, make_optimizer
 
-__all__ = ["IllConditionedQuadratic", "Trajectory", "run_optimizer"]
+__all__ = ["IllConditionedQuadratic", "Trajectory", "random_label_mlp", "run_optimizer"]
 
 
 @dataclass(frozen=True)
@@ -116,3 +119,44 @@ def run_optimizer(
         points.append(point)
         losses.append(float(problem.loss(point)))
     return Trajectory(points=torch.stack(points).numpy(), losses=np.array(losses), diverged=diverged)
+
+
+def random_label_mlp(
+    n_examples: int = 256,
+    input_dim: int = 32,
+    n_classes: int = 10,
+    width: int = 64,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.nn.Module, Callable[[], Tensor]]:
+    """A tanh MLP and its full-batch squared loss on random labels: ``(model, loss_fn)``.
+
+    Cohen et al. (2021) saw the edge of stability most cleanly on tanh networks trained by
+    full-batch gradient descent with the squared loss; this is that setting at toy size:
+    X ~ N(0, I) of shape (n, input_dim), Y = one-hot random classes (n, n_classes),
+    f = Linear → tanh → Linear → tanh → Linear, and L(θ) = (1/2n) Σ_i ‖f(x_i) − y_i‖².
+    Random labels leave nothing to generalise, so the net must memorise, and its curvature grows
+    while it does ("progressive sharpening"). ``seed`` fixes the data and the initial weights.
+    """
+    for name, value in (("n_examples", n_examples), ("input_dim", input_dim), ("n_classes", n_classes),
+                        ("width", width)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n_examples, input_dim, generator=gen)                         # (n, d)
+    labels = torch.randint(0, n_classes, (n_examples,), generator=gen)
+    Y = torch.nn.functional.one_hot(labels, n_classes).float()                    # (n, k)
+    with torch.random.fork_rng(devices=[]):                                        # seed the init only
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(input_dim, width), torch.nn.Tanh(),
+            torch.nn.Linear(width, width), torch.nn.Tanh(),
+            torch.nn.Linear(width, n_classes),
+        )
+    model.to(device)
+    X, Y = X.to(device), Y.to(device)
+
+    def loss_fn() -> Tensor:
+        return 0.5 * ((model(X) - Y) ** 2).sum(dim=1).mean()                     # (1/2n) Σ ‖f(x) − y‖²
+
+    return model, loss_fn

@@ -64,6 +64,20 @@ def evaluate(model, tokens: np.ndarray, context_length: int | None = None, batch
     return total / count
 
 
+def _refresh_curvature(opt: torch.optim.Optimizer, logits: torch.Tensor, loss: torch.Tensor) -> None:
+    """Let a curvature-aware optimizer (``minilm.optim.Sophia``) refresh its Hessian estimate.
+
+    Sophia needs the graph of this step's forward pass, so it must happen before ``backward``;
+    it asks for it every k steps through ``hessian_due()``. Other optimizers are left alone.
+    """
+    if not hasattr(opt, "hessian_due") or not opt.hessian_due():
+        return
+    if getattr(opt, "estimator", "gnb") == "gnb":
+        opt.update_hessian(logits=logits)   # Sophia-G: labels resampled from the model's softmax
+    else:
+        opt.update_hessian(loss=loss)       # Sophia-H: one Hutchinson probe u⊙(Hu)
+
+
 def _rng_state(rng: np.random.Generator) -> dict:
     return {"numpy": json.dumps(rng.bit_generator.state), "torch": torch.get_rng_state()}
 
@@ -102,6 +116,7 @@ def train(
 
     optimizer: None (AdamW, see ``default_optimizer``), an optimizer built on the model's
         parameters, or a callable ``params -> optimizer``.
+        ``minilm.optim.Sophia`` gets its Hessian refresh every k steps before ``backward``.
     schedule: callable ``step -> multiplier`` of each group's initial lr (``minilm.schedules``).
     callbacks: each is called after every step with a dict (step, loss, lr, model, optimizer,
         history); returning True stops training.
@@ -181,9 +196,12 @@ def train(
         history["val_step"].append(step)
         history["val_loss"].append(sum(losses) / len(losses))
 
-    def fwd_loss(x, y):
+    def fwd_logits_loss(x, y):
         logits = fwd(x)
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+        return logits, torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+    def fwd_loss(x, y):
+        return fwd_logits_loss(x, y)[1]
 
     model.train()
     t0 = time.perf_counter()
@@ -195,7 +213,7 @@ def train(
             group["lr"] = group["initial_lr"] * mult
         x, y = get_batch(train_tokens, batch_size, T, dev, rng)
         with amp():
-            loss = fwd_loss(x, y)
+            logits, loss = fwd_logits_loss(x, y)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             where = f"; the last good checkpoint is {checkpoint_path}" if checkpoint_path else ""
@@ -204,6 +222,7 @@ def train(
                 "Try a lower learning rate, a warmup schedule, or gradient clipping (grad_clip=1.0)."
             )
         opt.zero_grad(set_to_none=True)
+        _refresh_curvature(opt, logits, loss)
         loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)

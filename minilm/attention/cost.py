@@ -416,6 +416,12 @@ class DecodingResult:
     seconds_per_token: list[float]  # median over repeats of the time of one new token
     state_bytes: list[int]  # memory the model keeps between tokens: KV cache or recurrent state
     model: str  # the model's kind ("gpt", "rwkv", ...)
+    all_seconds: list[list[float]] = field(default_factory=list)  # per length: each repeat's time per token
+
+    @property
+    def fastest_per_token(self) -> list[float]:
+        """The fastest repeat per length: less sensitive than the median to other programs on the CPU."""
+        return [min(ts) for ts in self.all_seconds]
 
 
 def _state_nbytes(state) -> int:
@@ -481,7 +487,7 @@ def measure_decoding(
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
-    secs, mems = [], []
+    secs, mems, raw = [], [], []
     try:
         for n in tqdm(lengths, desc=f"decode {type(model).__name__}", disable=not progress):
             prompt = torch.randint(0, model.vocab_size, (1, n), generator=g).to(device)
@@ -497,6 +503,7 @@ def measure_decoding(
                 _sync(device)
                 times.append((time.perf_counter() - t0) / new_tokens)
             secs.append(statistics.median(times))
+            raw.append(times)
     finally:
         model.train(was_training)
-    return DecodingResult(lengths, secs, mems, getattr(model, "model_type", type(model).__name__))
+    return DecodingResult(lengths, secs, mems, getattr(model, "model_type", type(model).__name__), raw)

@@ -38,7 +38,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from minilm.data.tokenizers import _atomic_write_text
+from minilm.atomic import atomic_write_text
 
 # GPT-2's pre-tokenization pattern (Radford et al. 2019, the released encoder.py). It needs the
 # third-party `regex` module for the Unicode classes \p{L} (letters) and \p{N} (numbers).
@@ -230,7 +230,7 @@ class BPETokenizer:
     def save(self, path: str | os.PathLike) -> None:
         data = {"type": "bpe", "pattern": self.pattern, "merges": self.merges,
                 "special_tokens": list(self.special_tokens)}
-        _atomic_write_text(path, json.dumps(data))
+        atomic_write_text(path, json.dumps(data))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:

@@ -12,12 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from minilm.atomic import atomic_write_text
 
 
 class CharTokenizer:
@@ -65,7 +60,7 @@ class CharTokenizer:
             raise ValueError(f"token id out of range for a vocabulary of {self.vocab_size}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        _atomic_write_text(path, json.dumps({"type": "char", "unknown": self.unknown, "itos": self.itos}))
+        atomic_write_text(path, json.dumps({"type": "char", "unknown": self.unknown, "itos": self.itos}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
@@ -91,7 +86,7 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
     def save(self, path: str | os.PathLike) -> None:
-        _atomic_write_text(path, json.dumps({"type": "byte"}))
+        atomic_write_text(path, json.dumps({"type": "byte"}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ByteTokenizer:

@@ -22,10 +22,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+
+from minilm.atomic import atomic_write_text
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -265,23 +266,8 @@ def lab_id_of(nb: Any, path: Path | None = None) -> str | None:
     return None
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+# Reports and released notebooks are written atomically (readers never see half a file).
+write_atomic = atomic_write_text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from minilm.atomic import atomic_open
 from minilm.models.base import LanguageModel
 
 SMOOTHINGS = ("mle", "addk", "kn", "mkn")
@@ -482,10 +483,8 @@ class NGramModel:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write config and counts to a ``.npz`` file (atomically)."""
-        path = os.fspath(path)
-        tmp = path + ".tmp.npz"
-        np.savez_compressed(tmp, config=np.array(json.dumps(self.config())), **self.count_arrays())
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            np.savez_compressed(f, config=np.array(json.dumps(self.config())), **self.count_arrays())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NGramModel:

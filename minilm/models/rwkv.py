@@ -45,6 +45,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from minilm.atomic import atomic_open
 from minilm.models.base import LanguageModel
 
 # A finite stand-in for -infinity as the initial running max: exp(_NEG_INF - p) is exactly 0, and
@@ -389,9 +390,8 @@ class RWKV(LanguageModel):
 
     def save_rwkv4(self, path: str | os.PathLike) -> None:
         """Write an RWKV-LM-compatible ``.pth`` file (atomically)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(self.state_dict_rwkv4(), tmp)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            torch.save(self.state_dict_rwkv4(), f)
 
     def load_rwkv4(self, path_or_state_dict) -> RWKV:
         """Load an RWKV-4 checkpoint (a ``.pth`` path or a state dict) into this model.

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from minilm.atomic import atomic_write_text
 from minilm.data.batching import iterate_windows
 from minilm.data.languages import LANGUAGES, MarkovLanguage
 from minilm.device import resolve_device
@@ -98,18 +97,7 @@ class SweepResult:
 
 def _atomic_write_json(obj: Any, path: Path) -> None:
     """Write JSON to a temporary file in the same folder, then rename: never a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _read_cache(path: Path | None) -> dict[str, dict]:
