@@ -17,32 +17,8 @@ import time
 
 import torch
 
-from minilm.attention import LinearAttention, SoftmaxAttention, crossover_n, measure_scaling
+from minilm.attention import crossover_n, layer_builder, measure_scaling
 from minilm.device import resolve_device
-from minilm.ssm import SelectiveSSM
-
-
-def builder(kind: str, d: int, heads: int, window: int, device: torch.device, backward: bool):
-    def build(n: int):
-        torch.manual_seed(0)
-        if kind == "linear":
-            layer = LinearAttention(d, heads, method="chunked", chunk_size=64)
-        elif kind == "ssm":
-            layer = SelectiveSSM(d, d_state=16)
-        else:
-            layer = SoftmaxAttention(d, heads, impl=kind, window=window if kind == "window" else None)
-        layer = layer.to(device)
-        x = torch.randn(1, n, d, device=device, requires_grad=backward)
-        if backward:
-            return lambda: layer(x)
-        return lambda: _no_grad(layer, x)
-
-    return build
-
-
-@torch.no_grad()
-def _no_grad(layer, x):
-    return layer(x)
 
 
 def main() -> None:
@@ -68,7 +44,7 @@ def main() -> None:
     t0 = time.perf_counter()
     results = {}
     for kind in kinds:
-        build = builder(kind, args.d_model, args.heads, args.window, device, args.backward)
+        build = layer_builder(kind, args.d_model, args.heads, args.window, device=device, backward=args.backward)
         results[kind] = measure_scaling(build, args.ns, backward=args.backward, repeats=args.repeats, progress=False)
 
     header = " ".join(f"{k + ' ms':>12}" for k in kinds) + "   " + " ".join(f"{k + ' MB':>12}" for k in kinds)

@@ -81,13 +81,22 @@ def find_lab(lab_id: str) -> LabInfo:
 
 
 def inject_parameters(nb, params: dict) -> None:
-    """Insert a cell setting ``params`` right after the cell tagged ``parameters``."""
-    import nbformat
+    """Set ``params`` inside the cell tagged ``parameters`` (e.g. ``FAST = False`` for full mode).
 
-    source = "# injected parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())
-    for i, cell in enumerate(nb.cells):
+    Each ``NAME = ...`` line of that cell is rewritten in place (a name it lacks is appended), so
+    knobs computed in the same cell from ``FAST`` (``STEPS = 100 if FAST else 2000``) follow.
+    """
+    for cell in nb.cells:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
-            nb.cells.insert(i + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+            lines = cell.source.splitlines()
+            for name, value in params.items():
+                pattern = re.compile(rf"^{re.escape(name)}\s*=")
+                hits = [i for i, line in enumerate(lines) if pattern.match(line)]
+                for i in hits:
+                    lines[i] = f"{name} = {value!r}  # injected by minilm lab run"
+                if not hits:
+                    lines.append(f"{name} = {value!r}  # injected by minilm lab run")
+            cell.source = "\n".join(lines)
             return
     raise ValueError("the notebook has no cell tagged 'parameters': tag the cell that sets FAST")
 

@@ -431,6 +431,25 @@ class Sophia(Optimizer):
         return state
 
     @torch.no_grad()
+    def clip_fraction(self) -> float:
+        """Share of coordinates whose last step was clipped, |m| ≥ max(γh, ε): there Sophia took a
+        sign-momentum step of size η rather than a Newton-like one. Early in training h is still
+        small (it starts at 0 and moves by 1 − β₂ per refresh), so nearly every coordinate clips.
+        """
+        clipped, total = 0, 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                if "exp_avg" not in state:
+                    continue
+                ratio = state["exp_avg"] / (group["gamma"] * state["hessian"]).clamp(min=group["eps"])
+                clipped += int((ratio.abs() >= 1).sum())
+                total += ratio.numel()
+        if total == 0:
+            raise ValueError("Sophia has taken no step yet: call clip_fraction() after optimizer.step()")
+        return clipped / total
+
+    @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         loss = _run_closure(closure)
         for group in self.param_groups:

@@ -531,6 +531,7 @@ def test_measure_decoding_state_memory():
     gpt = build_model("gpt", V, size="tiny", context_length=16, n_layers=2, d_model=16, n_heads=2)
     r = measure_decoding(gpt, lengths, new_tokens=2, repeats=1, progress=False)
     assert r.model == "gpt" and r.lengths == lengths and all(s > 0 for s in r.seconds_per_token)
+    assert all(min(ts) == f for ts, f in zip(r.all_seconds, r.fastest_per_token))
     # the KV cache keeps every token, past the training context too
     assert r.state_bytes == [kv_cache_bytes(2, 16, n) for n in lengths]
     rwkv = build_model("rwkv", V, size="tiny", n_layers=3, d_model=8)

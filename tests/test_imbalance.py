@@ -92,3 +92,32 @@ def test_per_bin_loss_empty_bin_is_nan_and_shapes_are_checked():
         per_bin_loss(logits, targets[:3], bins)
     with pytest.raises(ValueError, match="one entry per vocabulary"):
         per_bin_loss(logits, targets, bins[:2])
+
+
+def test_per_bin_loss_tracker_records_what_per_bin_loss_says_during_train():
+    import numpy as np
+
+    from minilm.data import ZipfUnigram
+    from minilm.imbalance import PerBinLossTracker
+    from minilm.models import GPT, GPTConfig
+    from minilm.train import train
+
+    tokens = ZipfUnigram(vocab_size=12, exponent=1.2).sample(4000, seed=0)
+    bins = frequency_bins(torch.bincount(torch.from_numpy(tokens), minlength=12), 3)
+    x = torch.from_numpy(tokens[:64].reshape(4, 16))
+    y = torch.from_numpy(tokens[1:65].reshape(4, 16))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=12, context_length=16, n_layers=1, n_heads=2, d_model=16))
+    tracker = PerBinLossTracker(x, y, bins, n_bins=3, every=4, total_steps=10)
+    tracker.record(model, 0)
+    start = per_bin_loss(model(x), y, bins, 3)
+    train(model, tokens, steps=10, batch_size=4, context_length=16, progress=False, device="cpu",
+          callbacks=[tracker])
+    assert tracker.steps == [0, 4, 8, 10]
+    readings = tracker.as_array()
+    assert readings.shape == (4, 3)
+    np.testing.assert_allclose(readings[0], start.detach().numpy(), rtol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(readings[-1], per_bin_loss(model(x), y, bins, 3).numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="every"):
+        PerBinLossTracker(x, y, bins, every=0)

@@ -245,6 +245,7 @@ def test_sophia_step_closed_form_on_diagonal_quadratic():
             torch.testing.assert_close(p.detach(), expected)
             # Clipping is active on some coordinates and not on others with these numbers.
             assert (ratio.abs() == 1).any() and (ratio.abs() < 1).any()
+            assert opt.clip_fraction() == float((ratio.abs() == 1).float().mean())
     assert due == [True, False]                      # refreshed at t = 1, 1 + k, ...
     assert not opt.hessian_due()
     opt.zero_grad()
@@ -444,3 +445,9 @@ def test_bad_hyperparameters_raise_clear_errors():
         AdamW(p, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("adagrad", p)
+
+
+def test_sophia_clip_fraction_needs_a_step():
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="no step yet"):
+        Sophia([p]).clip_fraction()

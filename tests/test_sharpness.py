@@ -308,3 +308,67 @@ def test_bad_inputs_raise_clear_errors():
         top_eigenvalue(lambda: (w**2).sum(), [w], method="qr")
     with pytest.raises(ValueError, match="distribution"):
         hutchinson_trace(lambda: (w**2).sum(), [w], distribution="uniform")
+
+
+# --------------------------------------------------------------------------------------------
+# The edge-of-stability experiment
+# --------------------------------------------------------------------------------------------
+
+
+def test_track_sharpness_on_a_quadratic_is_constant_and_detects_divergence():
+    """On ½xᵀAx the Hessian is A everywhere: the trace reads λ_max(A) at every measurement."""
+    from minilm.sharpness import track_sharpness
+
+    A = torch.diag(torch.tensor([4.0, 1.0, 0.25]))
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    loss_fn = lambda: 0.5 * x @ A @ x  # noqa: E731
+    trace = track_sharpness(loss_fn, [x], optim.SGD([x], lr=0.4), n_steps=20, every=5, n_iter=3)
+    assert trace.steps == [0, 5, 10, 15, 20] and len(trace.loss) == 21 and not trace.diverged
+    assert trace.sharpness == pytest.approx([4.0] * 5, rel=1e-5)
+    assert trace.loss[-1] < 1e-2 * trace.loss[0] and trace.preconditioned == []
+
+    y = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)  # η = 0.6 > 2/λ_max = 0.5: diverges
+    bad = track_sharpness(lambda: 0.5 * y @ A @ y, [y], optim.SGD([y], lr=0.6), n_steps=500, every=50,
+                          n_iter=3, divergence_limit=1e4)
+    assert bad.diverged and len(bad.loss) < 500 and bad.loss[-1] <= 1e4
+
+
+def test_track_sharpness_preconditioned_matches_explicit_eigvals():
+    """Adam's λ_max(P⁻¹H) from the trace equals eigvalsh of P^{-1/2} A P^{-1/2} built by hand."""
+    from minilm.sharpness import track_sharpness
+
+    A = torch.tensor([[3.0, 1.0], [1.0, 2.0]])
+    x = torch.tensor([1.0, -1.0], requires_grad=True)
+    opt = optim.Adam([x], lr=0.05)
+    trace = track_sharpness(lambda: 0.5 * x @ A @ x, [x], opt, n_steps=4, every=4, preconditioned=True, n_iter=2)
+    assert math.isnan(trace.preconditioned[0])               # step 0: Adam has no v yet
+    P = adam_preconditioner(opt, [x])[0]                     # after 4 steps
+    s = P.rsqrt()
+    expected = torch.linalg.eigvalsh(s[:, None] * A * s[None, :])[-1]
+    assert trace.preconditioned[1] == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_gradient_descent_reaches_the_edge_of_stability_on_the_toy_mlp():
+    """Cohen et al. (2021) in miniature: sharpness starts well below 2/η, then hovers at it."""
+    from minilm.sharpness import track_sharpness
+    from minilm.toy_problems import random_label_mlp
+
+    lr, steps = 0.4, 600
+    model, loss_fn = random_label_mlp(seed=0)
+    params = list(model.parameters())
+    trace = track_sharpness(loss_fn, params, torch.optim.SGD(params, lr=lr), n_steps=steps, every=20)
+    ratio = torch.tensor(trace.sharpness) / gd_sharpness_threshold(lr)
+    tail = ratio[torch.tensor(trace.steps) >= 0.6 * steps]
+    assert ratio[0] < 0.7                                    # progressive sharpening starts low
+    assert 0.95 < float(tail.mean()) < 1.15                  # and settles at 2/η
+    assert not trace.diverged and trace.loss[-1] < 0.2 * trace.loss[0]
+
+
+def test_track_sharpness_rejects_bad_arguments():
+    from minilm.sharpness import track_sharpness
+
+    x = torch.ones(2, requires_grad=True)
+    with pytest.raises(ValueError, match="every"):
+        track_sharpness(lambda: (x**2).sum(), [x], optim.SGD([x], lr=0.1), n_steps=3, every=0)
+    with pytest.raises(ValueError, match="n_steps"):
+        track_sharpness(lambda: (x**2).sum(), [x], optim.SGD([x], lr=0.1), n_steps=-1)

@@ -146,3 +146,36 @@ def test_every_model_kind_round_trips_through_a_checkpoint(kind, tmp_path):
     again.eval()
     with torch.no_grad():
         assert torch.equal(again(x), m(x))
+
+
+def test_sophia_gets_its_hessian_refresh_inside_train():
+    """train() calls Sophia.update_hessian before backward when it is due: same result as a hand loop."""
+    import torch.nn.functional as F
+
+    from minilm.data import get_batch
+    from minilm.optim import Sophia
+
+    steps, k = 7, 3
+    a = model(seed=1)
+    opt_a = Sophia(a.parameters(), lr=1e-3, hessian_interval=k)
+    run(a, steps=steps, optimizer=opt_a, grad_clip=None, eval_every=100)
+
+    b = model(seed=1)
+    opt_b = Sophia(b.parameters(), lr=1e-3, hessian_interval=k)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    refreshes = 0
+    for _ in range(steps):
+        x, y = get_batch(TRAIN, 16, 16, "cpu", rng)
+        logits = b(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        opt_b.zero_grad()
+        if opt_b.hessian_due():  # steps 1, k+1, 2k+1 (the paper's t mod k = 1)
+            opt_b.update_hessian(logits=logits)
+            refreshes += 1
+        loss.backward()
+        opt_b.step()
+    assert refreshes == 3
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+    assert all(float(opt_a.state[p]["hessian"].abs().sum()) > 0 for p in a.parameters())

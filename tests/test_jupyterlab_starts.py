@@ -1,0 +1,109 @@
+"""The README's main command, `jupyter lab labs/`, really starts JupyterLab serving the labs.
+
+No browser: the server is started exactly as the README says (from the repository root, with
+`labs/` as the folder to serve) plus the options a test needs -- no browser, a free port, a
+token, `--allow-root` -- and its own Jupyter config, data and runtime folders in a temporary
+folder (the environment of tests/browser/conftest.py, whose helpers are reused). The test waits
+for the runtime JSON file the server writes once it listens, then asks its REST API for the
+folder listing and for the first lab's notebook, and shuts it down.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAB_NOTEBOOK = "00_language_models.ipynb"
+START_TIMEOUT_S = 60.0
+
+
+def _browser_helpers():
+    """tests/browser/conftest.py as a module (its fixtures are not registered by this import)."""
+    browser_dir = REPO / "tests" / "browser"
+    if str(browser_dir) not in sys.path:
+        sys.path.insert(0, str(browser_dir))  # conftest imports its sibling jlab.py
+    spec = importlib.util.spec_from_file_location("browser_conftest_helpers", browser_dir / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _jupyter_command() -> list[str]:
+    """`jupyter` of this interpreter (a venv's bin/), else `python -m jupyter`."""
+    beside = Path(sys.executable).with_name("jupyter")
+    return [str(beside)] if beside.is_file() and os.access(beside, os.X_OK) else [sys.executable, "-m", "jupyter"]
+
+
+def _wait_for_url(process: subprocess.Popen, runtime: Path, log: Path) -> str:
+    """The server's URL from the jpserver-*.json file it writes in its (private) runtime folder."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"`jupyter lab labs/` exited with code {process.returncode}:\n"
+                                 f"{log.read_text()[-3000:]}")
+        for info in runtime.glob("jpserver-*.json"):
+            try:
+                return json.loads(info.read_text())["url"]
+            except (json.JSONDecodeError, KeyError):
+                pass  # written but not flushed yet
+        time.sleep(0.2)
+    raise AssertionError(f"JupyterLab did not start within {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def test_readme_command_serves_the_labs_folder(tmp_path):
+    if importlib.util.find_spec("jupyterlab") is None:
+        reason = "jupyterlab is not installed (pip install -e '.[lab]')"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " -- CI is set, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(reason)
+    readme = (REPO / "README.md").read_text()
+    assert "jupyter lab labs/" in readme, "the README's main command changed: update this test"
+    assert (REPO / "labs" / LAB_NOTEBOOK).is_file(), f"run `minilm release` to create labs/{LAB_NOTEBOOK}"
+
+    helpers = _browser_helpers()
+    env = helpers._server_env(tmp_path)  # private runtime/config/data/IPython folders
+    token = secrets.token_hex(16)
+    command = _jupyter_command() + [
+        "lab", "labs/", "--no-browser", "--allow-root", "--ip=127.0.0.1", "--port=0",
+        f"--IdentityProvider.token={token}",
+        f"--LabApp.user_settings_dir={tmp_path / 'settings'}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    log = tmp_path / "server.log"
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    server = None
+    try:
+        url = _wait_for_url(process, tmp_path / "runtime", log)
+        server = helpers.JupyterServer(url, token, REPO / "labs")
+
+        listing = server.api("GET", "api/contents/")
+        names = {item["name"]: item["type"] for item in listing["content"]}
+        assert names.get(LAB_NOTEBOOK) == "notebook", f"labs/ is not the served folder: {sorted(names)}"
+        assert names.get("solutions") == "directory", sorted(names)
+
+        nb = server.api("GET", f"api/contents/{LAB_NOTEBOOK}")
+        assert nb["type"] == "notebook" and nb["format"] == "json"
+        sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+                   for c in nb["content"]["cells"]]
+        assert any("FAST = True" in s for s in sources)  # the student notebook itself, parameters cell and all
+
+        # Without the token the server refuses: the command is not serving the folder to anyone.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "api/contents/", timeout=10)
+        assert refused.value.code == 403
+    finally:
+        helpers._stop_server(process, server)
+        shutil.rmtree(tmp_path / "runtime", ignore_errors=True)
+    assert process.poll() is not None, "the server is still running after shutdown"
