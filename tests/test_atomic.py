@@ -20,3 +20,11 @@ def test_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         with atomic_open("x", "a"):
             pass
+
+
+def test_written_file_has_the_usual_permissions(tmp_path):
+    import os
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")
+    assert os.stat(tmp_path / "a.txt").st_mode == os.stat(tmp_path / "b.txt").st_mode
