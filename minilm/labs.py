@@ -52,7 +52,7 @@ class LabInfo:
 
             n_questions = len(get_lab(self.lab_id).questions)
             if is_stale(self.solution, self.student):
-                return f"stale student notebook ({n_questions} questions): run `minilm release {self.lab_id}`"
+                return f"stale student notebook ({n_questions} questions): run `minilm release {self.solution}`"
             return f"ready ({n_questions} graded questions)"
         except (ImportError, KeyError, ValueError) as err:
             return f"no graded questions ({err})"

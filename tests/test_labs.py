@@ -34,8 +34,8 @@ def test_every_lab_of_the_course_plan_is_known_to_the_grader(lab):
 
 
 def test_student_notebook_is_fresh_and_has_no_outputs(lab):
-    assert lab.student.is_file(), f"run `minilm release {lab.lab_id}`"
-    assert not is_stale(lab.solution, lab.student), f"stale: run `minilm release {lab.lab_id}`"
+    assert lab.student.is_file(), f"run `minilm release {lab.solution}`"
+    assert not is_stale(lab.solution, lab.student), f"stale: run `minilm release {lab.solution}`"
     for path in (lab.student, lab.solution):
         nb = json.loads(path.read_text())
         for cell in nb["cells"]:
