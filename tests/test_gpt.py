@@ -65,9 +65,9 @@ def test_rope_interleaved_pairs_closed_form_and_half_convention():
     out = apply_rope(x, cos, sin, "interleaved")
     for i in range(4):  # pair (x[2i], x[2i+1]) rotated by angle 3 * 100^(-2i/8)
         a = 3 * 100 ** (-2 * i / 8)
-        x0, x1 = x[0, 2 * i], x[0, 2 * i + 1]
-        assert out[0, 2 * i] == pytest.approx(x0 * math.cos(a) - x1 * math.sin(a), abs=1e-5)
-        assert out[0, 2 * i + 1] == pytest.approx(x0 * math.sin(a) + x1 * math.cos(a), abs=1e-5)
+        x0, x1 = float(x[0, 2 * i]), float(x[0, 2 * i + 1])
+        assert float(out[0, 2 * i]) == pytest.approx(x0 * math.cos(a) - x1 * math.sin(a), abs=1e-5)
+        assert float(out[0, 2 * i + 1]) == pytest.approx(x0 * math.sin(a) + x1 * math.cos(a), abs=1e-5)
     # The half convention is the interleaved one on permuted channels.
     perm = torch.tensor([0, 2, 4, 6, 1, 3, 5, 7])
     assert torch.allclose(apply_rope(x[:, perm], cos, sin, "half"), out[:, perm], atol=1e-6)
