@@ -101,7 +101,7 @@ def inject_parameters(nb, params: dict) -> None:
     raise ValueError("the notebook has no cell tagged 'parameters': tag the cell that sets FAST")
 
 
-def execute_notebook(path: Path, params: dict | None = None, timeout: int = 1800, progress: bool = True,
+def execute_notebook(path: Path, params: dict | None = None, timeout: int | None = 1800, progress: bool = True,
                      cwd: Path | None = None, out_path: Path | None = None):
     """Run every cell of a notebook headless (nbclient); returns the executed notebook."""
     import nbformat
@@ -146,7 +146,9 @@ def run_lab(lab_id: str, fast: bool = True, student: bool = False, progress: boo
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `minilm lab list` to see what is there")
     t0 = time.perf_counter()
-    nb = execute_notebook(path, params=None if fast else {"FAST": False}, progress=progress, out_path=out_path)
+    # Full mode can train for many minutes in one cell on a CPU: no per-cell time limit there.
+    nb = execute_notebook(path, params=None if fast else {"FAST": False}, progress=progress, out_path=out_path,
+                          timeout=1800 if fast else None)
     return nb, time.perf_counter() - t0
 
 
