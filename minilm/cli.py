@@ -72,7 +72,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from minilm.bench import format_bench, run_bench
 
-    print(format_bench(run_bench(steps=args.steps, rounds=args.rounds, threads=args.threads, device=args.device)))
+    print(format_bench(run_bench(steps=args.steps, threads=args.threads, device=args.device)))
     return 0
 
 
@@ -107,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("bench", help="training throughput and MFU of the small CPU GPT")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=90, help="timed steps per model (default 90)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_bench)

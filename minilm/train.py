@@ -39,7 +39,13 @@ def default_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+    groups = [g for g in groups if g["params"]]
+    try:
+        # PyTorch's fused AdamW updates all tensors in one kernel: the same update, 2-3x faster
+        # than its per-tensor loop. CPU support came in PyTorch 2.4; older ones fall back below.
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
 @torch.no_grad()

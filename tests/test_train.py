@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ from minilm.data import MarkovLanguage
 from minilm.data.languages import _entropy
 from minilm.device import resolve_device
 from minilm.models import GPT, GPTConfig
-from minilm.train import TrainingDivergedError, evaluate, train
+from minilm.train import TrainingDivergedError, default_optimizer, evaluate, train
 
 LANG = MarkovLanguage(vocab_size=16, order=1, concentration=0.2, seed=0)
 TRAIN = LANG.sample(60_000, seed=1)
@@ -179,3 +180,26 @@ def test_sophia_gets_its_hessian_refresh_inside_train():
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb)
     assert all(float(opt_a.state[p]["hessian"].abs().sum()) > 0 for p in a.parameters())
+
+
+def test_default_optimizer_matches_per_tensor_adamw_and_skips_decay_on_vectors():
+    # default_optimizer may use PyTorch's fused kernel; its steps must equal the plain per-tensor
+    # AdamW loop with decay 0.1 on matrices and none on the norms' gains.
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, context_length=8, n_layers=1, n_heads=2, d_model=16))
+    ref = copy.deepcopy(model)
+    opt = default_optimizer(model, lr=1e-2)
+    matrices = [p for p in ref.parameters() if p.dim() >= 2]
+    vectors = [p for p in ref.parameters() if p.dim() < 2]
+    ref_opt = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1}, {"params": vectors, "weight_decay": 0.0}],
+                                lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    idx = torch.randint(0, 11, (4, 9))
+    for _ in range(5):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m.loss(idx[:, :-1], idx[:, 1:]).backward()
+            o.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
