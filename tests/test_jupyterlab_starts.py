@@ -4,20 +4,18 @@ No browser: the server is started exactly as the README says (from the repositor
 `labs/` as the folder to serve) plus the options a test needs -- no browser, a free port, a
 token, `--allow-root` -- and its own Jupyter config, data and runtime folders in a temporary
 folder (the environment of tests/browser/conftest.py, whose helpers are reused). The test waits
-for the runtime JSON file the server writes once it listens, then asks its REST API for the
+until the server has written its runtime JSON file and answers HTTP, then asks its REST API for the
 folder listing and for the first lab's notebook, and shuts it down.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,7 +23,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_NOTEBOOK = "00_language_models.ipynb"
-START_TIMEOUT_S = 60.0
 
 
 def _browser_helpers():
@@ -43,22 +40,6 @@ def _jupyter_command() -> list[str]:
     """`jupyter` of this interpreter (a venv's bin/), else `python -m jupyter`."""
     beside = Path(sys.executable).with_name("jupyter")
     return [str(beside)] if beside.is_file() and os.access(beside, os.X_OK) else [sys.executable, "-m", "jupyter"]
-
-
-def _wait_for_url(process: subprocess.Popen, runtime: Path, log: Path) -> str:
-    """The server's URL from the jpserver-*.json file it writes in its (private) runtime folder."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"`jupyter lab labs/` exited with code {process.returncode}:\n"
-                                 f"{log.read_text()[-3000:]}")
-        for info in runtime.glob("jpserver-*.json"):
-            try:
-                return json.loads(info.read_text())["url"]
-            except (json.JSONDecodeError, KeyError):
-                pass  # written but not flushed yet
-        time.sleep(0.2)
-    raise AssertionError(f"JupyterLab did not start within {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def test_readme_command_serves_the_labs_folder(tmp_path):
@@ -85,7 +66,7 @@ def test_readme_command_serves_the_labs_folder(tmp_path):
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     server = None
     try:
-        url = _wait_for_url(process, tmp_path / "runtime", log)
+        url = helpers._wait_for_server(process, tmp_path / "runtime", log)
         server = helpers.JupyterServer(url, token, REPO / "labs")
 
         listing = server.api("GET", "api/contents/")

@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -69,17 +71,28 @@ def _server_env(work: Path) -> dict[str, str]:
 
 
 def _wait_for_server(process: subprocess.Popen, runtime: Path, log: Path) -> str:
-    """The server's URL, read from the file it writes in its runtime folder once it listens."""
-    info_file = runtime / f"jpserver-{process.pid}.json"
+    """The server's URL, once it answers HTTP.
+
+    The URL comes from the jpserver-*.json file the server writes in its (private) runtime
+    folder. The file can appear a moment before the socket accepts connections (seen once in
+    CI as "Connection refused"), so the server must also answer a request, with any status.
+    """
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"JupyterLab exited with code {process.returncode}:\n{log.read_text()[-3000:]}")
-        if info_file.exists():
+        for info_file in runtime.glob("jpserver-*.json"):
             try:
-                return json.loads(info_file.read_text())["url"]
+                url = json.loads(info_file.read_text())["url"]
             except (json.JSONDecodeError, KeyError):
-                pass  # written but not flushed yet
+                continue  # written but not flushed yet
+            try:
+                urllib.request.urlopen(url + "api/status", timeout=5).close()
+                return url
+            except urllib.error.HTTPError:
+                return url  # it answered (403 without the token): it is serving
+            except OSError:
+                pass  # not accepting connections yet
         time.sleep(0.2)
     raise RuntimeError(f"JupyterLab did not start within {SERVER_START_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
 
