@@ -34,4 +34,3 @@ def test_argparse_errors(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
-
