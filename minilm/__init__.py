@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 # Whole modules a lab uses by name: minilm.attention.sliding_window_mask(...), minilm.scaling...
 from minilm import attention, imbalance, scaling, sharpness, toy_problems  # noqa: E402
-from minilm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from minilm.checkpoint import load_checkpoint, save_checkpoint
 from minilm.data import (
     ByteTokenizer,
     CharTokenizer,
@@ -22,11 +22,12 @@ from minilm.data import (
     stdlib_code,
 )
 from minilm.data.bpe import BPETokenizer
-from minilm.device import resolve_device, seed_everything
+from minilm.device import configure_threads, resolve_device, seed_everything
 from minilm.models import (
     GPT,
     LSTMLM,
     RWKV,
+    SSMLM,
     GPTConfig,
     KVCache,
     LanguageModel,
@@ -35,12 +36,13 @@ from minilm.models import (
     NGramLM,
     NGramModel,
     RWKVConfig,
+    SSMConfig,
     build_model,
+    model_from_checkpoint,
 )
 from minilm.optim import SGD, Adam, AdamW, Lion, Muon, SignSGD, Sophia, make_optimizer
 from minilm.schedules import constant, cosine, wsd
-from minilm.ssm import SSMLM, SSMConfig
-from minilm.train import TrainingDivergedError, evaluate, train
+from minilm.train import TrainConfig, TrainingDivergedError, evaluate, train
 
 __all__ = [
     "GPT",
@@ -74,11 +76,13 @@ __all__ = [
     "KVCache",
     "LanguageModel",
     "MarkovLanguage",
+    "TrainConfig",
     "TrainingDivergedError",
     "ZipfMarkovMixture",
     "ZipfUnigram",
     "__version__",
     "build_model",
+    "configure_threads",
     "constant",
     "cosine",
     "evaluate",

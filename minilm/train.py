@@ -1,16 +1,21 @@
 """Training any model of minilm on any token array: one function, ``train``.
 
     history = train(model, data.train, data.val, steps=500, lr=1e-3)
+    history = train(model, data.train, data.val, TrainConfig(steps=500, lr=1e-3))
 
 AdamW by default, a pluggable optimizer and learning-rate schedule, gradient clipping, periodic
 validation, a progress bar, callbacks, ``device="auto"``, bf16 autocast on CUDA, atomic
-checkpoints with exact resume, and a clear error when the loss diverges.
+checkpoints with exact resume (on CPU, CUDA and MPS), and a clear error when the loss diverges.
+The options live in one dataclass, ``TrainConfig``; keyword arguments of ``train`` override its fields.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import difflib
+import itertools
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -20,13 +25,107 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minilm.checkpoint import load_checkpoint, save_checkpoint
+from minilm.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from minilm.data.batching import get_batch, iterate_windows
-from minilm.device import resolve_device
+from minilm.device import configure_threads, ensure_threads, resolve_device
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+def _is_int(x, low: int) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= low
+
+
+def _is_number(x, low: float, strict: bool = False) -> bool:
+    return (isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+            and (x > low if strict else x >= low))
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of ``train``. ``train(model, tokens, config=cfg, lr=3e-3)`` overrides a field.
+
+    optimizer: None (AdamW, see ``default_optimizer``), an optimizer built on the model's
+        parameters, or a callable ``params -> optimizer``.
+        ``minilm.optim.Sophia`` gets its Hessian refresh every k steps before ``backward``.
+    schedule: callable ``step -> multiplier`` of each group's initial lr (``minilm.schedules``).
+    callbacks: each is called after every step with a dict (step, loss, lr, model, optimizer,
+        history); returning True stops training.
+    checkpoint_path / checkpoint_every / resume: atomic checkpoints; ``resume=True`` continues an
+        interrupted run exactly (same batches, same loss curve) on the device it ran on.
+    autocast: "auto" uses bf16 autocast on CUDA only; True/False to force.
+    compile: opt in to ``torch.compile`` (off by default: slow to start, not on every platform).
+    threads: torch's CPU thread count (``minilm.device.configure_threads``); None keeps minilm's
+        default (``ensure_threads``).
+    """
+
+    steps: int = 1000
+    batch_size: int = 12
+    context_length: int | None = None  # None: the model's own
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    grad_clip: float | None = 1.0
+    optimizer: torch.optim.Optimizer | Callable | None = None
+    schedule: Callable[[int], float] | None = None
+    eval_every: int = 100
+    eval_batches: int = 10
+    device: str | torch.device = "auto"
+    seed: int = 0
+    callbacks: Iterable[Callable[[dict], bool | None]] = ()
+    checkpoint_path: str | Path | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
+    progress: bool = True
+    autocast: bool | str = "auto"
+    compile: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.callbacks = tuple(self.callbacks)  # a generator would be used up after the first step
+        checks = [  # (valid?, field, what it must be)
+            (_is_int(self.steps, 0), "steps", "an integer >= 0"),
+            (_is_int(self.batch_size, 1), "batch_size", "an integer >= 1"),
+            (self.context_length is None or _is_int(self.context_length, 1), "context_length",
+             "None (the model's own) or an integer >= 1"),
+            (_is_number(self.lr, 0.0), "lr", "a finite number >= 0"),
+            (_is_number(self.weight_decay, 0.0), "weight_decay", "a finite number >= 0"),
+            (self.grad_clip is None or _is_number(self.grad_clip, 0.0, strict=True), "grad_clip",
+             "None (no clipping) or a number > 0"),
+            (self.optimizer is None or isinstance(self.optimizer, torch.optim.Optimizer) or callable(self.optimizer),
+             "optimizer", "None (AdamW), a torch optimizer or a callable params -> optimizer"),
+            (self.schedule is None or callable(self.schedule), "schedule", "None or a callable step -> lr multiplier"),
+            (_is_int(self.eval_every, 1), "eval_every", "an integer >= 1 (steps between validations)"),
+            (_is_int(self.eval_batches, 1), "eval_batches", "an integer >= 1"),
+            (_is_int(self.seed, 0), "seed", "an integer >= 0"),
+            (all(callable(cb) for cb in self.callbacks), "callbacks", "callables info -> bool | None"),
+            (self.checkpoint_every is None or _is_int(self.checkpoint_every, 1), "checkpoint_every",
+             "None (only at the end) or an integer >= 1"),
+            (not self.resume or self.checkpoint_path is not None, "resume",
+             "False, or True together with checkpoint_path= (the file to resume from)"),
+            (self.autocast in (True, False, "auto"), "autocast", "'auto', True or False"),
+            (self.threads is None or _is_int(self.threads, 1), "threads", "None (minilm's default) or an integer >= 1"),
+        ]
+        for ok, name, want in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+
+_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _config_with(config: TrainConfig | None, overrides: dict) -> TrainConfig:
+    """``config`` (or the defaults) with ``overrides`` replacing fields; unknown names are an error."""
+    for name in overrides:
+        if name not in _OPTIONS:
+            close = difflib.get_close_matches(name, _OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"train() got an unknown keyword argument {name!r}{hint}; "
+                            f"the options are: {', '.join(_OPTIONS)}")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}: pass options as keywords instead")
+    return dataclasses.replace(config or TrainConfig(), **overrides)
 
 
 def default_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1,
@@ -48,19 +147,26 @@ def default_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+def _model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's first parameter (or buffer) lives; CPU for a model with neither (a fitted n-gram)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate(model, tokens: np.ndarray, context_length: int | None = None, batch_size: int = 32,
-             device: str | torch.device = "auto", max_batches: int | None = None) -> float:
+             device: str | torch.device | None = None, max_batches: int | None = None) -> float:
     """Mean next-token loss (nats) over consecutive non-overlapping windows of ``tokens``.
 
     Deterministic: every window in order (or the first ``max_batches`` batches of them).
+    device: where the windows go; None (the default) is where the model's parameters are.
     """
-    dev = resolve_device(device)
-    T = context_length or model.context_length or 64
+    dev = _model_device(model) if device is None else resolve_device(device)
+    T = context_length or getattr(model, "context_length", None) or 64
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for i, (x, y) in enumerate(iterate_windows(tokens, T, batch_size)):
+    for i, (x, y) in enumerate(iterate_windows(tokens, T, batch_size)):  # x, y: (batch, T)
         if max_batches is not None and i >= max_batches:
             break
         loss = model.loss(x.to(dev), y.to(dev))
@@ -84,65 +190,14 @@ def _refresh_curvature(opt: torch.optim.Optimizer, logits: torch.Tensor, loss: t
         opt.update_hessian(loss=loss)       # Sophia-H: one Hutchinson probe u⊙(Hu)
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
-    return {"numpy": json.dumps(rng.bit_generator.state), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
-    rng.bit_generator.state = json.loads(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-def train(
-    model: torch.nn.Module,
-    train_tokens: np.ndarray,
-    val_tokens: np.ndarray | None = None,
-    *,
-    steps: int = 1000,
-    batch_size: int = 12,
-    context_length: int | None = None,
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
-    grad_clip: float | None = 1.0,
-    optimizer: torch.optim.Optimizer | Callable | None = None,
-    schedule: Callable[[int], float] | None = None,
-    eval_every: int = 100,
-    eval_batches: int = 10,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    callbacks: Iterable[Callable[[dict], bool | None]] = (),
-    checkpoint_path: str | Path | None = None,
-    checkpoint_every: int | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    autocast: bool | str = "auto",
-    compile: bool = False,
-) -> dict:
-    """Train ``model`` for ``steps`` steps on random windows of ``train_tokens``.
-
-    optimizer: None (AdamW, see ``default_optimizer``), an optimizer built on the model's
-        parameters, or a callable ``params -> optimizer``.
-        ``minilm.optim.Sophia`` gets its Hessian refresh every k steps before ``backward``.
-    schedule: callable ``step -> multiplier`` of each group's initial lr (``minilm.schedules``).
-    callbacks: each is called after every step with a dict (step, loss, lr, model, optimizer,
-        history); returning True stops training.
-    checkpoint_path / checkpoint_every / resume: atomic checkpoints; ``resume=True`` continues an
-        interrupted run exactly (same batches, same loss curve).
-    autocast: "auto" uses bf16 autocast on CUDA only; True/False to force.
-    compile: opt in to ``torch.compile`` (off by default: slow to start, not on every platform).
-
-    Returns the history: a dict of lists ("step", "train_loss", "lr", "tokens", "time",
-    "val_step", "val_loss") plus "device".
-    """
-    if steps < 0 or batch_size < 1:
-        raise ValueError(f"steps must be >= 0 and batch_size >= 1, got steps={steps}, batch_size={batch_size}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def _context_length(model: torch.nn.Module, train_tokens: np.ndarray, cfg: TrainConfig) -> int:
+    """The window length T to train on, after checking that the model and the data fit together."""
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
             f"{type(model).__name__} has no trainable parameters: count-based models (n-grams) are "
             "fitted with model.fit(tokens), not trained"
         )
-    T = context_length or getattr(model, "context_length", None)
+    T = cfg.context_length or getattr(model, "context_length", None)
     if T is None:
         raise ValueError("context_length is required for a model without a fixed context (RWKV, LSTM)")
     if getattr(model, "context_length", None) is not None and T > model.context_length:
@@ -156,73 +211,68 @@ def train(
             f"the data holds token id {int(np.max(train_tokens))} but the model's vocab_size is {vocab}: "
             "build the model with vocab_size = the tokenizer's vocab_size"
         )
-    dev = resolve_device(device)
-    model.to(dev)
-    if optimizer is None:
-        opt = default_optimizer(model, lr, weight_decay)
-    elif isinstance(optimizer, torch.optim.Optimizer):
-        opt = optimizer
-    else:
-        opt = optimizer(params)
-    for group in opt.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-    use_autocast = (dev.type == "cuda") if autocast == "auto" else bool(autocast)
-    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if use_autocast else nullcontext
-    fwd = torch.compile(model) if compile else model
+    return T
 
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    history = {"step": [], "train_loss": [], "lr": [], "tokens": [], "time": [], "val_step": [], "val_loss": [],
-               "device": str(dev)}
-    start_step = 0
-    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        ckpt = load_checkpoint(checkpoint_path, map_location=dev)
-        model.load_state_dict(ckpt["model"])
+
+class _Run:
+    """One training run: what ``train`` sets up once (device, optimizer, autocast, seeds, resumed
+    state) and the three things it does over and over (a step, a validation, a checkpoint)."""
+
+    def __init__(self, model: torch.nn.Module, train_tokens: np.ndarray, val_tokens: np.ndarray | None,
+                 cfg: TrainConfig):
+        self.model, self.train_tokens, self.val_tokens, self.cfg = model, train_tokens, val_tokens, cfg
+        self.T = _context_length(model, train_tokens, cfg)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.dev = resolve_device(cfg.device)
+        model.to(self.dev)
+        if cfg.optimizer is None:
+            self.opt = default_optimizer(model, cfg.lr, cfg.weight_decay)
+        elif isinstance(cfg.optimizer, torch.optim.Optimizer):
+            self.opt = cfg.optimizer
+        else:
+            self.opt = cfg.optimizer(self.params)
+        for group in self.opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])  # what the schedule multiplies
+        use_autocast = (self.dev.type == "cuda") if cfg.autocast == "auto" else bool(cfg.autocast)
+        self.amp = (lambda: torch.autocast(self.dev.type, dtype=torch.bfloat16)) if use_autocast else nullcontext
+        self.fwd = torch.compile(model) if cfg.compile else model
+
+        torch.manual_seed(cfg.seed)                 # torch's generators (CPU and every GPU): dropout
+        self.rng = np.random.default_rng(cfg.seed)  # the batch sampler
+        self.history = {"step": [], "train_loss": [], "lr": [], "tokens": [], "time": [], "val_step": [],
+                        "val_loss": [], "device": str(self.dev)}
+        self.start_step = 0
+        if cfg.resume and Path(cfg.checkpoint_path).is_file():
+            self._resume()
+        self.t0 = time.perf_counter()
+
+    def _resume(self) -> None:
+        """Continue from the checkpoint: weights, optimizer state, random streams and history."""
+        ckpt = load_checkpoint(self.cfg.checkpoint_path, map_location=self.dev)
+        self.model.load_state_dict(ckpt["model"])
         if ckpt["optimizer"] is not None:
-            opt.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(rng, ckpt["rng"])
-        start_step = ckpt["step"]
-        history.update(ckpt["history"])
-        history["device"] = str(dev)
+            self.opt.load_state_dict(ckpt["optimizer"])
+        restore_rng_state(self.rng, ckpt["rng"], self.dev)
+        self.start_step = ckpt["step"]
+        self.history.update(ckpt["history"])
+        self.history["device"] = str(self.dev)
 
-    def save(step: int) -> None:
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, opt, step, _rng_state(rng),
-                            {k: v for k, v in history.items() if k != "device"})
-
-    def validate(step: int) -> None:
-        if val_tokens is None:
-            return
-        # The same windows every time (a fixed seed), so validation losses are comparable.
-        vrng = np.random.default_rng(10_000 + seed)
-        model.eval()
-        with torch.no_grad(), amp():
-            losses = [float(fwd_loss(*get_batch(val_tokens, batch_size, T, dev, vrng))) for _ in range(eval_batches)]
-        model.train()
-        history["val_step"].append(step)
-        history["val_loss"].append(sum(losses) / len(losses))
-
-    def fwd_logits_loss(x, y):
-        logits = fwd(x)
+    def _logits_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.fwd(x)  # (B, T, V)
         return logits, torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
 
-    def fwd_loss(x, y):
-        return fwd_logits_loss(x, y)[1]
-
-    model.train()
-    t0 = time.perf_counter()
-    bar = tqdm(range(start_step, steps), total=steps, initial=start_step, disable=not progress,
-               desc=f"train {type(model).__name__} on {dev}")
-    for step in bar:
-        mult = schedule(step) if schedule is not None else 1.0
+    def step(self, step: int) -> float:
+        """One optimizer step on a fresh random batch; returns its loss (before the update)."""
+        opt, cfg = self.opt, self.cfg
+        mult = cfg.schedule(step) if cfg.schedule is not None else 1.0
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * mult
-        x, y = get_batch(train_tokens, batch_size, T, dev, rng)
-        with amp():
-            logits, loss = fwd_logits_loss(x, y)
+        x, y = get_batch(self.train_tokens, cfg.batch_size, self.T, self.dev, self.rng)  # (B, T) each
+        with self.amp():
+            logits, loss = self._logits_loss(x, y)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            where = f"; the last good checkpoint is {checkpoint_path}" if checkpoint_path else ""
+            where = f"; the last good checkpoint is {cfg.checkpoint_path}" if cfg.checkpoint_path else ""
             raise TrainingDivergedError(
                 f"loss became {loss_value} at step {step} (lr={opt.param_groups[0]['lr']:.3g}){where}. "
                 "Try a lower learning rate, a warmup schedule, or gradient clipping (grad_clip=1.0)."
@@ -230,28 +280,72 @@ def train(
         opt.zero_grad(set_to_none=True)
         _refresh_curvature(opt, logits, loss)
         loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         opt.step()
+        h = self.history
+        h["step"].append(step)
+        h["train_loss"].append(loss_value)
+        h["lr"].append(opt.param_groups[0]["lr"])
+        h["tokens"].append((step + 1) * cfg.batch_size * self.T)
+        h["time"].append(time.perf_counter() - self.t0)
+        return loss_value
 
-        history["step"].append(step)
-        history["train_loss"].append(loss_value)
-        history["lr"].append(opt.param_groups[0]["lr"])
-        history["tokens"].append((step + 1) * batch_size * T)
-        history["time"].append(time.perf_counter() - t0)
-        if (step + 1) % eval_every == 0 or step == steps - 1:
-            validate(step + 1)
-            val = f"{history['val_loss'][-1]:.3f}" if history["val_loss"] else "-"
-            bar.set_postfix(loss=f"{loss_value:.3f}", val=val)
+    def validate(self, step: int) -> None:
+        """Mean loss on ``eval_batches`` validation batches, recorded at ``step``."""
+        if self.val_tokens is None:
+            return
+        # The same windows every time (a fixed seed), so validation losses are comparable.
+        vrng = np.random.default_rng(10_000 + self.cfg.seed)
+        self.model.eval()
+        batches = (get_batch(self.val_tokens, self.cfg.batch_size, self.T, self.dev, vrng)
+                   for _ in range(self.cfg.eval_batches))
+        with torch.no_grad(), self.amp():
+            losses = [float(self._logits_loss(x, y)[1]) for x, y in batches]
+        self.model.train()
+        self.history["val_step"].append(step)
+        self.history["val_loss"].append(sum(losses) / len(losses))
+
+    def save(self, step: int) -> None:
+        """Write a checkpoint (atomically) if the run has a ``checkpoint_path``."""
+        if self.cfg.checkpoint_path is not None:
+            save_checkpoint(self.cfg.checkpoint_path, self.model, self.opt, step, capture_rng_state(self.rng, self.dev),
+                            {k: v for k, v in self.history.items() if k != "device"})
+
+
+def train(model: torch.nn.Module, train_tokens: np.ndarray, val_tokens: np.ndarray | None = None,
+          config: TrainConfig | None = None, **options) -> dict:
+    """Train ``model`` for ``config.steps`` steps on random windows of ``train_tokens``.
+
+    config: a ``TrainConfig`` (None: the defaults); keyword ``options`` override its fields, so
+        ``train(model, tokens, steps=500, lr=3e-3)`` works without one. See ``TrainConfig`` for them.
+
+    Returns the history: a dict of lists ("step", "train_loss", "lr", "tokens", "time",
+    "val_step", "val_loss") plus "device".
+    """
+    cfg = _config_with(config, options)
+    if cfg.threads is not None:
+        configure_threads(cfg.threads)
+    else:
+        ensure_threads()
+    run = _Run(model, train_tokens, val_tokens, cfg)
+    model.train()
+    bar = tqdm(range(run.start_step, cfg.steps), total=cfg.steps, initial=run.start_step, disable=not cfg.progress,
+               desc=f"train {type(model).__name__} on {run.dev}")
+    for step in bar:
+        loss = run.step(step)
+        if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
+            run.validate(step + 1)
+            val = f"{run.history['val_loss'][-1]:.3f}" if run.history["val_loss"] else "-"
+            bar.set_postfix(loss=f"{loss:.3f}", val=val)
         elif step % 10 == 0:
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-        if checkpoint_every and (step + 1) % checkpoint_every == 0:
-            save(step + 1)
-        info = {"step": step, "loss": loss_value, "lr": opt.param_groups[0]["lr"], "model": model,
-                "optimizer": opt, "history": history}
-        if any(cb(info) for cb in callbacks):
+            bar.set_postfix(loss=f"{loss:.3f}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            run.save(step + 1)
+        info = {"step": step, "loss": loss, "lr": run.opt.param_groups[0]["lr"], "model": model,
+                "optimizer": run.opt, "history": run.history}
+        if any(cb(info) for cb in cfg.callbacks):
             break
     bar.close()
-    if checkpoint_path is not None:
-        save(history["step"][-1] + 1 if history["step"] else start_step)
-    return history
+    run.save(run.history["step"][-1] + 1 if run.history["step"] else run.start_step)
+    return run.history

@@ -274,7 +274,8 @@ def test_eviction_keeps_exactly_the_right_positions():
             # after token t, keep exactly what the next query (position t + 1) may attend to
             expected = [j for j in range(t + 1) if rules[name](t + 1, j)]
             assert cache.pos.tolist() == expected, (name, t)
-            assert cache.k[0].size(2) == len(expected) and cache.seen == t + 1
+            assert len(cache) == len(expected) and cache.seen == t + 1
+            assert cache.k[0].size(2) == cache.sinks + cache.window  # a ring of fixed size
 
 
 def test_keep_all_cache_reproduces_full_logits():
@@ -425,7 +426,7 @@ def test_flop_formulas_match_flop_counter():
     # outer products phi(k) v^T (2 n d h, a broadcast multiply there) nor the z terms (4 n d)
     counted = counted_flops(lambda: LinearAttention(d, H, method="cumsum")(x))
     assert counted == attention_flops("linear", n, d, H) - 2 * n * d * (d // H) - 4 * n * d
-    from minilm.ssm import SelectiveSSM
+    from minilm.models.ssm import SelectiveSSM
 
     # SSM: the counter sees projections and the convolution, not the scan's 7 D N per token
     layer = SelectiveSSM(d, d_state=8)

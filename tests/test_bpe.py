@@ -1,13 +1,14 @@
-"""Byte-level BPE: a naive reference trainer, round-trip properties (hypothesis), special tokens."""
+"""Byte-level BPE: a brute-force reference trainer (both tie rules), round-trip properties
+(hypothesis), special tokens."""
 
-import re
 from collections import Counter
 
 import pytest
+import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilm.data.bpe import GPT2_PATTERN, GPT2_PATTERN_RE, HAS_REGEX, BPETokenizer, _compile
+from minilm.data.bpe import GPT2_PATTERN, TIE_BREAKS, BPETokenizer
 
 SPECIALS = ["<|endoftext|>", "<|pad|>"]
 TEXT = (
@@ -22,16 +23,22 @@ def tok():
     return BPETokenizer.train(TEXT, vocab_size=256 + 150 + len(SPECIALS), special_tokens=SPECIALS)
 
 
-def _naive_train(text, n_merges, pattern):
-    """Reference BPE: recount every pair over every word occurrence after each merge."""
-    words = [list(w.encode("utf-8")) for w in _compile(pattern).findall(text)]
+def _naive_train(text, n_merges, tie_break="lexicographic"):
+    """Reference BPE: recount every pair over every word occurrence after each merge; take the
+    most frequent pair, ties to the greatest byte strings (then the smallest ids) or the smallest ids."""
+    words = [list(w.encode("utf-8")) for w in regex.findall(GPT2_PATTERN, text)]
+    vocab = [bytes([i]) for i in range(256)]
     merges = []
     for new_id in range(256, 256 + n_merges):
         counts = Counter(p for w in words for p in zip(w, w[1:]))
         if not counts:
             break
-        best = max(counts.items(), key=lambda pc: (pc[1], (-pc[0][0], -pc[0][1])))[0]  # most, then smallest
+        if tie_break == "lexicographic":
+            best = max(counts, key=lambda p: (counts[p], vocab[p[0]], vocab[p[1]], -p[0], -p[1]))
+        else:
+            best = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
         merges.append(best)
+        vocab.append(vocab[best[0]] + vocab[best[1]])
         for w in words:
             i = 0
             while i < len(w) - 1:
@@ -41,16 +48,28 @@ def _naive_train(text, n_merges, pattern):
     return merges
 
 
-def test_incremental_training_matches_naive_reference():
+@pytest.mark.parametrize("tie_break", TIE_BREAKS)
+def test_incremental_training_matches_naive_reference(tie_break):
     text = TEXT[:6000]
-    fast = BPETokenizer.train(text, vocab_size=256 + 120)
-    assert fast.merges == _naive_train(text, 120, GPT2_PATTERN)
+    fast = BPETokenizer.train(text, vocab_size=256 + 120, tie_break=tie_break)
+    assert fast.merges == _naive_train(text, 120, tie_break)
+
+
+# few distinct characters (many ties, long merges, tokens that are prefixes of others) and any text
+random_texts = st.one_of(st.text(alphabet="ab c\né", max_size=80), st.text(max_size=40))
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=random_texts, n_merges=st.integers(1, 30), tie_break=st.sampled_from(TIE_BREAKS))
+def test_training_matches_naive_reference_on_random_texts(text, n_merges, tie_break):
+    fast = BPETokenizer.train(text, vocab_size=256 + n_merges, tie_break=tie_break)
+    assert fast.merges == _naive_train(text, n_merges, tie_break)
 
 
 def test_encode_matches_replaying_the_merges_in_order(tok):
     text = "The naïve fox's café, 日本語 🙂 and 12345 unknown-words_here"
     ids = []
-    for chunk in _compile(GPT2_PATTERN).findall(text):
+    for chunk in regex.findall(GPT2_PATTERN, text):
         seq = list(chunk.encode("utf-8"))
         for rank, (a, b) in enumerate(tok.merges):
             i, out = 0, []
@@ -103,9 +122,9 @@ def test_non_canonical_ids_do_not_round_trip(tok):
 
 @settings(max_examples=200, deadline=None)
 @given(st.text())
-def test_re_fallback_pattern_covers_every_character(s):
-    """The `re` approximation of GPT-2's pattern loses no character (so round trips hold without `regex`)."""
-    assert "".join(re.findall(GPT2_PATTERN_RE, s)) == s
+def test_pretokenizer_covers_every_character(s):
+    """GPT-2's pattern loses no character (so round trips can hold)."""
+    assert "".join(regex.findall(GPT2_PATTERN, s)) == s
 
 
 def test_lone_surrogates_are_rejected(tok):
@@ -114,9 +133,8 @@ def test_lone_surrogates_are_rejected(tok):
 
 
 # ------------------------------------------------------------------------ pre-tokenizer
-@pytest.mark.skipif(not HAS_REGEX, reason="exact GPT-2 segmentation needs the regex module")
 def test_gpt2_pretokenization():
-    pieces = _compile(GPT2_PATTERN).findall("Hello world's 123  foo!! x²")
+    pieces = regex.findall(GPT2_PATTERN, "Hello world's 123  foo!! x²")
     assert pieces == ["Hello", " world", "'s", " 123", " ", " foo", "!!", " x", "²"]
 
 
@@ -130,12 +148,23 @@ def test_special_tokens_are_never_split_nor_merged(tok):
     assert tok.decode([eot]) == "<|endoftext|>"
 
 
-def test_deterministic_tie_breaking():
-    # every pair occurs exactly once: the smallest pair of ids must win, every time
-    t1 = BPETokenizer.train("zy ab dc", vocab_size=256 + 3)
-    assert t1.merges[0] == (ord(" "), ord("a"))  # (32, 97) is the smallest of the tied pairs
-    t2 = BPETokenizer.train(TEXT, vocab_size=300)
-    assert t2.merges == BPETokenizer.train(TEXT, vocab_size=300).merges
+def test_tie_breaking_rules():
+    # pre-tokens "zy", " ab", " dc": every pair occurs once
+    lex = BPETokenizer.train("zy ab dc", vocab_size=256 + 3)
+    # greatest byte strings first: (z, y); then (d, c) > (a, b) > (" ", a), and (a, b) > (" ", dc)
+    assert [lex.vocab[i] for i in range(256, 259)] == [b"zy", b"dc", b"ab"]
+    ids = BPETokenizer.train("zy ab dc", vocab_size=256 + 3, tie_break="ids")
+    # smallest ids first: (32, 97) " a"; " ab" is then (256, 98), so (32, 100) " d"; then (122, 121)
+    assert ids.merges == [(32, 97), (32, 100), (122, 121)]
+    # a byte string sorts after its prefix: "aaab" -> (a, a), then (aa, a) beats (a, b) ...
+    assert [BPETokenizer.train("aaab", 258).vocab[i] for i in (256, 257)] == [b"aa", b"aaa"]
+    # ... while by ids (97, 98) beats (256, 97)
+    assert [BPETokenizer.train("aaab", 258, tie_break="ids").vocab[i] for i in (256, 257)] == [b"aa", b"ab"]
+    for rule in TIE_BREAKS:  # deterministic
+        first, again = (BPETokenizer.train(TEXT, 300, tie_break=rule).merges for _ in range(2))
+        assert first == again
+    with pytest.raises(ValueError, match="tie_break"):
+        BPETokenizer.train(TEXT, 300, tie_break="frequency")
 
 
 # --------------------------------------------------------------------------------- files

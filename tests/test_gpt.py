@@ -37,6 +37,7 @@ def test_gpt_explicit_and_sdpa_paths_agree():
 
 
 def test_rmsnorm_matches_formula():
+    # The module's default is the reference formula; the fast kernel is tested in test_kernels.py.
     torch.manual_seed(0)
     norm = RMSNorm(16, eps=1e-5)
     norm.weight.data = torch.randn(16)
@@ -46,23 +47,52 @@ def test_rmsnorm_matches_formula():
     assert norm.eps == 1e-5
 
 
-def test_rmsnorm_backward_matches_autograd_through_the_formula():
-    # RMSNorm's backward is derived by hand; compare it with autograd through the formula, and
-    # with finite differences (gradcheck) in float64.
-    from minilm.models.gpt import _RMSNormFunction
-
+def _attention_layer(impl, dropout):
     torch.manual_seed(0)
-    norm = RMSNorm(16, eps=1e-5)
-    norm.weight.data = torch.randn(16)
-    x = torch.randn(3, 5, 16, requires_grad=True)
-    dy = torch.randn(3, 5, 16)
-    (norm(x) * dy).sum().backward()
-    x2, w2 = x.detach().clone().requires_grad_(), norm.weight.detach().clone().requires_grad_()
-    ((x2 / torch.sqrt((x2**2).mean(-1, keepdim=True) + 1e-5) * w2) * dy).sum().backward()
-    assert torch.allclose(x.grad, x2.grad, atol=1e-5) and torch.allclose(norm.weight.grad, w2.grad, atol=1e-5)
-    xd = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
-    wd = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: _RMSNormFunction.apply(a, b, 1e-5), (xd, wd))
+    cfg = GPTConfig(vocab_size=50, context_length=16, n_layers=1, n_heads=2, d_model=16, attn_impl=impl,
+                    dropout=dropout)
+    return GPT(cfg).blocks[0].attn
+
+
+def test_attention_dropout_is_off_in_eval_mode_and_both_paths_agree():
+    x = torch.randint(0, 50, (2, 16))
+    outs = {}
+    for impl in ("explicit", "sdpa"):
+        for p in (0.0, 0.4):
+            torch.manual_seed(0)
+            m = GPT(GPTConfig(vocab_size=50, context_length=16, n_layers=2, n_heads=2, d_model=16,
+                              attn_impl=impl, dropout=p)).eval()
+            outs[impl, p] = m(x)
+    for key, out in outs.items():
+        assert torch.allclose(out, outs["explicit", 0.0], atol=1e-5), key
+
+
+@pytest.mark.parametrize("impl", ["explicit", "sdpa"])
+def test_attention_dropout_drops_probabilities_with_inverted_scaling(impl):
+    # Both paths drop attention *probabilities* (not the output) with probability p and scale the
+    # kept ones by 1/(1-p). SDPA returns no weights, so v is the identity: the output row i is then
+    # row i of the (dropped) weight matrix.
+    p, R = 0.3, 300
+    attn = _attention_layer(impl, p)
+    B, H, T = 2, 2, 16
+    q, k = torch.randn(2, B, H, T, 8, generator=torch.Generator().manual_seed(1)).unbind(0)
+    v = torch.eye(T).expand(B, H, T, T)
+    attn.eval()
+    w = attn.attend(q, k, v, None)[0]  # (B, H, T, T): the weights without dropout
+    attn.train()
+    torch.manual_seed(2)
+    draws = torch.stack([attn.attend(q, k, v, None)[0] for _ in range(R)])  # (R, B, H, T, T)
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()
+    kept = draws[..., allowed] != 0
+    assert w[..., allowed].min() > 0  # so a zero can only come from dropout
+    n = kept.numel()
+    assert abs((~kept).float().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)  # binomial: 5 sigma
+    scaled = (w / (1 - p)).expand_as(draws)[..., allowed]
+    assert torch.allclose(draws[..., allowed][kept], scaled[kept], rtol=1e-5)  # kept = w / (1 - p)
+    assert (draws[..., ~allowed] == 0).all()  # the mask still holds
+    # Monte-Carlo mean = the no-dropout weights, within 5 standard errors w sqrt(p / (1 - p) / R).
+    z = (draws.mean(0) - w)[..., allowed] / (w[..., allowed] * math.sqrt(p / (1 - p) / R))
+    assert z.abs().max() < 5, z.abs().max()
 
 
 def test_rope_score_depends_only_on_offset():

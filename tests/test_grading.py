@@ -1,9 +1,11 @@
 """Unit tests of minilm.grading that need no kernel: encoding, comparison, declarations, scoring,
-self-checks, release building and gates, reports, the CLI's argument handling, the sandbox."""
+self-checks, release building and gates, reports, the CLI's argument handling, the sandbox; and
+the lab registry of minilm.labs that the engine is handed labs from."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import json
 import math
@@ -18,19 +20,18 @@ import numpy as np
 import pytest
 import torch
 
+from minilm import labs
+from minilm.cli import main
 from minilm.grading import (
     Case,
     Hidden,
     Lab,
     ReleaseError,
-    check,
-    check_all,
     cli,
     function_question,
-    get_lab,
+    grade_notebook,
     grade_objects,
     is_stale,
-    labs,
     make_release,
     reference_namespace,
     release_lab,
@@ -49,11 +50,11 @@ from minilm.grading.checker import (
     validate,
 )
 from minilm.grading.grader import GradeResult
-from minilm.grading.labs import demo
 from minilm.grading.probe import EncodeError, decode, encode
 from minilm.grading.release import check_release
 from minilm.grading.report import class_csv, coarse_reason, duplicate_answers, gradescope_json, write_reports
 from minilm.grading.sandbox import child_env
+from minilm.labs import check, check_all, demo, get_lab
 
 FIXTURES = Path(__file__).parent / "fixtures" / "demo_lab"
 SOLUTION = FIXTURES / "solutions" / "99_demo.ipynb"
@@ -232,9 +233,46 @@ def test_get_lab(monkeypatch):
         get_lab("42")
     with pytest.raises(ValueError, match="number like"):
         get_lab("lab3")
-    monkeypatch.setitem(labs.LAB_MODULES, "98", "minilm.grading.labs.lab98_not_written")
-    with pytest.raises(ValueError, match="no graded questions yet: create minilm/grading/labs/lab98_not_written.py"):
+    monkeypatch.setitem(labs.LAB_MODULES, "98", "minilm.labs.lab98_not_written")
+    with pytest.raises(ValueError, match="registered in minilm/labs/__init__.py but minilm/labs/lab98_not_written.py"):
         get_lab("98")
+
+
+def test_the_demo_lab_is_found_by_id_but_is_not_a_lab_of_the_course():
+    assert "99" not in labs.available_labs() and get_lab("99").id == "99"
+    assert labs.available_labs() == sorted(labs.LAB_MODULES)
+    for lab_id in labs.available_labs():  # every registered lab exists and declares itself
+        assert get_lab(lab_id).id == lab_id
+
+
+def test_grading_never_imports_the_course():
+    """The engine knows no lab by name: no module under minilm/grading imports minilm.labs, anywhere."""
+    root = Path(nbtools.__file__).parent
+    modules = sorted(root.rglob("*.py"))
+    assert len(modules) >= 10
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):  # also `from minilm import labs` and relative imports
+                base = node.module or ""
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+                names += [alias.name for alias in node.names] if node.level else []
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                    "import_module", "__import__"):  # importlib.import_module("minilm.labs...")
+                names = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            else:
+                continue
+            bad = [n for n in names if n == "labs" or n == "minilm.labs" or n.startswith("minilm.labs.")]
+            assert not bad, f"{path.relative_to(root.parent.parent)}:{node.lineno} imports {bad}"
+
+
+def test_the_engine_takes_a_lab_not_an_id(tmp_path):
+    for call in (lambda: grade_objects("99", {}), lambda: self_check("99", "q1", {}),
+                 lambda: grade_notebook(RELEASE, "99"), lambda: release_lab(SOLUTION, tmp_path / "x.ipynb", lab="99")):
+        with pytest.raises(ValueError, match=r"expected a Lab .*minilm\.labs\.get_lab\('99'\)"):
+            call()
+    assert not (tmp_path / "x.ipynb").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,8 +366,7 @@ def test_partial_credit_follows_check_weights():
 
 
 def test_self_check_is_honest_about_what_it_checked():
-    ns = {"softmax": demo.softmax_ref, "LAB": "99"}
-    result = self_check(None, "q1", ns)
+    result = self_check(LAB, "q1", {"softmax": demo.softmax_ref})
     assert result.text == "q1: 2/2 public checks passed; 3 hidden checks run at grading."
     assert result.ok and result.public_points == pytest.approx(3 * 2 / 5)
 
@@ -452,6 +489,23 @@ def test_tamper_findings_spot_edited_and_deleted_locked_cells():
     assert any("lab 99" in f for f in nbtools.tamper_findings(rel, Lab("98", "x", "X", list(LAB.questions)), RELEASE))
 
 
+def test_notebooks_handed_out_before_the_move_run_with_imports_from_minilm_labs(tmp_path):
+    old = ("import numpy as np\nfrom minilm.grading import check, check_all\n"
+           "from minilm.grading.labs.lab00 import markov_corpus\n")
+    new = nbtools.current_imports(old)
+    assert new == ("import numpy as np\nfrom minilm.labs import check, check_all\n"
+                   "from minilm.labs.lab00 import markov_corpus\n")
+    ns: dict = {}
+    exec(new, ns)  # the new homes exist and hold the same names
+    assert ns["check"] is check and ns["check_all"] is check_all and callable(ns["markov_corpus"])
+    others = "from minilm.grading import grade_objects\ntext = 'from minilm.grading.labs.lab00 import x'\n"
+    assert nbtools.current_imports(others) == others
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(old), nbformat.v4.new_code_cell(old)])
+    nbtools.write_for_execution(nb, str(tmp_path / "run.ipynb"))  # what the grader's child executes
+    assert [c.source for c in nbformat.read(tmp_path / "run.ipynb", as_version=4).cells] == [new]
+    assert nb.cells[1].source == old  # the submission itself (tamper checks, duplicates) is left as handed in
+
+
 @pytest.mark.parametrize("content, match", [
     (b'{"cells": [', "not a valid .ipynb"),
     (b'{"cells": 5}', "not a valid .ipynb"),
@@ -486,7 +540,7 @@ def test_identical_answers_ignore_comments_and_docstrings():
 
 def test_release_writes_the_committed_notebook(tmp_path):
     out = tmp_path / "99_demo.ipynb"
-    report = release_lab(SOLUTION, out)
+    report = release_lab(SOLUTION, out, lab=LAB)
     assert report.ok and out.read_text() == RELEASE.read_text()
     assert any("q3" in n for n in report.notes)  # measured value: checked by executing the solution
 
@@ -599,7 +653,7 @@ def test_class_csv_and_reports_are_written_atomically(tmp_path):
 
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="minilm")
-    cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    cli.add_commands(parser.add_subparsers(dest="command", required=True), find_lab=get_lab)
     return parser.parse_args(argv)
 
 
@@ -607,35 +661,35 @@ def test_cli_registers_commands_with_handlers():
     for argv in (["release"], ["check", "x.ipynb"], ["grade", "a.ipynb", "--out", "o"], ["gradescope", "--lab", "99",
                                                                                           "--out", "o"]):
         args = _parse(*argv)
-        assert callable(args.func)
+        assert callable(args.func) and args.find_lab is get_lab
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path):
     with pytest.raises(SystemExit, match="minilm: .*does not exist"):
-        cli.main(["grade", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path / "o")])
+        main(["grade", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="minilm: no .ipynb submissions found"):
-        cli.main(["grade", str(tmp_path), "--out", str(tmp_path / "o")])
+        main(["grade", str(tmp_path), "--out", str(tmp_path / "o")])
     (tmp_path / "a.ipynb").write_text("{}")
     (tmp_path / "b.ipynb").write_text("{}")
     with pytest.raises(SystemExit, match="exactly one submission"):
-        cli.main(["grade", str(tmp_path), "--out", str(tmp_path / "o"), "--gradescope-results", "r.json"])
+        main(["grade", str(tmp_path), "--out", str(tmp_path / "o"), "--gradescope-results", "r.json"])
     with pytest.raises(SystemExit, match="there is no lab 42"):
-        cli.main(["check", str(tmp_path / "a.ipynb"), "--lab", "42"])
+        main(["check", str(tmp_path / "a.ipynb"), "--lab", "42"])
     with pytest.raises(SystemExit, match="timeout must be a positive"):
-        cli.main(["check", str(tmp_path / "a.ipynb"), "--timeout", "0"])
+        main(["check", str(tmp_path / "a.ipynb"), "--timeout", "0"])
 
 
 def test_cli_release_verify(tmp_path, capsys):
-    assert cli.main(["release", str(SOLUTION), "--out", str(RELEASE), "--verify"]) == 0
+    assert main(["release", str(SOLUTION), "--out", str(RELEASE), "--verify"]) == 0
     assert "up to date" in capsys.readouterr().out
     stale = tmp_path / "99_demo.ipynb"
     stale.write_text(RELEASE.read_text().replace("Exercise 1", "Exercise one"))
-    assert cli.main(["release", str(SOLUTION), "--out", str(stale), "--verify"]) == 1
+    assert main(["release", str(SOLUTION), "--out", str(stale), "--verify"]) == 1
 
 
 def test_gradescope_autograder_folder(tmp_path):
     out = tmp_path / "autograder"
-    assert cli.main(["gradescope", "--lab", "99", "--out", str(out), "--release", str(RELEASE)]) == 0
+    assert main(["gradescope", "--lab", "99", "--out", str(out), "--release", str(RELEASE)]) == 0
     run = (out / "run_autograder").read_text()
     assert "--lab 99" in run and "/autograder/results/results.json" in run and "--run-as nobody" in run
     assert "--release /autograder/source/release.ipynb" in run
@@ -647,7 +701,7 @@ def test_gradescope_autograder_folder(tmp_path):
     assert (out / "minilm" / "grading" / "runner.py").exists() and (out / "release.ipynb").exists()
     assert not list(out.rglob("__pycache__"))
     with pytest.raises(SystemExit, match="not empty"):
-        cli.main(["gradescope", "--lab", "99", "--out", str(out)])
+        main(["gradescope", "--lab", "99", "--out", str(out)])
 
 
 def test_child_environment_is_an_allow_list(tmp_path, monkeypatch):
@@ -691,7 +745,7 @@ def test_memory_limit_and_orphan_cleanup_in_a_child():
 def test_run_as_is_checked_before_any_grading(tmp_path):
     (tmp_path / "a.ipynb").write_text("{}")
     with pytest.raises(SystemExit, match="there is no user 'no_such_user_minilm'"):
-        cli.main(["grade", str(tmp_path / "a.ipynb"), "--out", str(tmp_path / "o"), "--lab", "99",
+        main(["grade", str(tmp_path / "a.ipynb"), "--out", str(tmp_path / "o"), "--lab", "99",
                   "--run-as", "no_such_user_minilm"])
     try:
         from minilm.grading.grader import check_user_can_run

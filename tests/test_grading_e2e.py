@@ -3,6 +3,8 @@
 One ``minilm grade -j 2`` run (a subprocess, like an instructor's) grades a folder holding the
 reference solution, the released stubs, an honest wrong answer, and attack notebooks built from
 them. Each attack must score no more than the honest score of the same answers without the attack.
+The folder also holds the reference solution as it was handed out before the course moved to
+``minilm.labs`` (old import lines), which must still earn full marks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minilm.grading.labs.demo import heldout_nll_ref
+from minilm.labs.demo import heldout_nll_ref
 
 FIXTURES = Path(__file__).parent / "fixtures" / "demo_lab"
 SOLUTION = FIXTURES / "solutions" / "99_demo.ipynb"
@@ -59,12 +61,12 @@ def _variant(replace: dict[str, str], after: dict[str, list[str]] | None = None,
 
 
 PATCH_CHECK = '''import numpy as np
-import minilm.grading as g
 import minilm.grading.checker as c
 import minilm.grading.grader as gr
+import minilm.labs as labs
 def check(*a, **k): print("q1: 5/5 public checks passed; you have full marks")
 def check_all(*a, **k): print("Self-check total: 10 / 10")
-g.check, g.check_all = check, check_all
+labs.check, labs.check_all = check, check_all
 c.compare = lambda *a, **k: None
 c.score_question = lambda q, *a, **k: c.QuestionResult(q.name, "", q.points, q.points, "ok")
 gr.grade_notebook = lambda *a, **k: None
@@ -148,6 +150,12 @@ HANG_BIGRAM = GOOD_BIGRAM.replace("    counts = np.zeros", (
     "            pass\n"
     "    counts = np.zeros"))
 
+# The imports cell of the demo notebook as handed out before the course had its own package.
+OLD_IMPORTS = """import numpy as np
+
+from minilm.grading import check, check_all
+from minilm.grading.labs.demo import VOCAB, make_corpus"""
+
 FLOOD_SOFTMAX = WRONG_SOFTMAX.replace("def softmax(x):\n", 'def softmax(x):\n    print("y" * 1_000_000)\n')
 
 
@@ -163,6 +171,7 @@ def _realistic(folder: Path, out: Path) -> dict[str, tuple[object, float]]:
     """The released notebook and variants; {student: (notebook or raw text, honest score)}."""
     return {
         "reference": (nbformat.read(SOLUTION, as_version=4), 10.0),
+        "old_imports": (_variant({"imports": OLD_IMPORTS}, base=SOLUTION), 10.0),
         "stubs": (nbformat.read(RELEASE, as_version=4), 0.0),
         "wrong": (_variant(WRONG_ANSWERS), WRONG_SCORE),
         "atk_patch_check": (_variant(WRONG_ANSWERS, {"imports": [PATCH_CHECK], "check-all": [PATCH_CHECK]}),
@@ -205,7 +214,7 @@ def _write(folder: Path, cases: dict) -> None:
 
 def _start_cli(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "minilm.grading.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "minilm", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
@@ -265,6 +274,14 @@ def _score(graded, name: str) -> float:
 def test_reference_gets_full_marks(graded):
     r = graded["results"]["reference"]
     assert r["status"] == "ok" and r["score"] == r["max_score"] == 10.0
+
+
+def test_a_notebook_handed_out_before_the_course_moved_still_grades(graded):
+    # Its imports name minilm.grading.check and minilm.grading.labs.demo, which no longer exist: the
+    # grader runs them from minilm.labs, so every cell runs and every answer is found.
+    r = graded["results"]["old_imports"]
+    assert r["status"] == "ok" and r["score"] == r["max_score"] == 10.0
+    assert r["cells"] == []
 
 
 def test_stubs_score_zero_without_crashing_the_grader(graded):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minilm.data import MarkovLanguage
-from minilm.grading.labs import lab00
+from minilm.labs import lab00
 from minilm.models import NGramModel
 
 

@@ -1,7 +1,7 @@
 import nbformat
 import pytest
 
-from minilm.labs import find_lab, inject_parameters, list_labs
+from minilm.labs.runner import find_lab, inject_parameters, list_labs
 
 
 def _nb(source):
@@ -34,3 +34,35 @@ def test_lab_listing_and_lookup():
         assert find_lab(str(int(labs[0].lab_id))).lab_id == labs[0].lab_id
     with pytest.raises(ValueError, match="no lab"):
         find_lab("98")
+
+
+def test_setup_follows_minilm_thread_policy_and_says_so_in_one_line(capsys, monkeypatch):
+    import torch
+
+    from minilm.labs import setup
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("MINILM_THREADS", "1")
+    try:
+        assert setup(seed=3, device="cpu") == torch.device("cpu")
+        drawn = torch.rand(3)
+        assert torch.get_num_threads() == 1  # from $MINILM_THREADS
+        assert capsys.readouterr().out.splitlines() == ["minilm lab set-up: device cpu, 1 CPU thread(s), seed 3"]
+        torch.manual_seed(3)
+        assert torch.equal(drawn, torch.rand(3))  # seeded
+        setup(seed=0, device="cpu", threads=2)  # the argument wins over the environment
+        assert torch.get_num_threads() == 2
+        assert capsys.readouterr().out.splitlines() == ["minilm lab set-up: device cpu, 2 CPU thread(s), seed 0"]
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            setup(threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_lab_list_command_shows_every_lab_with_its_questions(capsys):
+    from minilm.cli import main
+
+    assert main(["lab", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:2] for line in lines] == [lab.lab_id for lab in list_labs()]
+    assert all("ready (" in line and "graded questions)" in line for line in lines), lines

@@ -1,13 +1,19 @@
-"""n-gram models: normalisation by enumeration, a brute-force Kneser–Ney reference, the LM wrapper."""
+"""n-gram models: the fast path against the plain reference, brute-force counting and
+normalisation, a hand-computed example, valid discounts (properties, hypothesis), the LM wrapper."""
 
 import math
+import re
+import warnings
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from minilm.models import NGramConfig, NGramLM, NGramModel, build_model
+from minilm.models.ngram import KENLM_FALLBACK_DISCOUNTS
 
 V = 6
 SMOOTHINGS = [("mle", None), ("addk", None), ("kn", None), ("kn", "estimate"), ("mkn", None), ("mkn", (0.5, 1.1, 1.6))]
@@ -24,20 +30,58 @@ def _docs(seed=0, n_docs=25, V=V):
     return docs
 
 
+def _fit(model: NGramModel, docs) -> NGramModel:
+    """Fit, silencing the discount-fallback warning that tiny corpora trigger (tested on its own)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*count-of-counts")
+        return model.fit(docs)
+
+
 def _contexts(model: NGramModel):
     """Seen, unseen, padding and short contexts."""
     bos = model.bos
     return [[], [0], [1, 0], [5, 5, 5], [0, 1, 2, 3], [bos] * 3, [bos, bos, 1], [bos, 4], [2, 2], [3, 0, 1]]
 
 
+def _sequences(docs, n, V, pad):
+    """The documents as the model sees them: padded with BOS = V and EOS = V + 1 if ``pad``."""
+    return [([V] * (n - 1) + [int(x) for x in d] + [V + 1]) if pad else [int(x) for x in d] for d in docs]
+
+
+def _seen_contexts(docs, n, V, pad):
+    """Every context (the up to n-1 symbols before a position, oldest first) found in the data."""
+    seen = set()
+    for s in _sequences(docs, n, V, pad):
+        for i in range(len(s) + 1):
+            seen.update(tuple(s[i - j : i]) for j in range(min(n - 1, i) + 1) if V + 1 not in s[i - j : i])
+    return sorted(seen)
+
+
+def _matrix(contexts, n):
+    """Contexts -> the (N, n-1) matrix of ``NGramModel.distributions``, right-aligned, -1 = absent."""
+    rows = np.full((len(contexts), n - 1), -1, np.int64)
+    for i, c in enumerate(contexts):
+        if c:
+            rows[i, n - 1 - len(c) :] = c
+    return rows
+
+
+def _assert_normalised(model, contexts):
+    """Brute force: P(o | ctx) of every outcome o through the scalar path sums to 1."""
+    for ctx in contexts:
+        total = sum(math.exp(model.logprob(list(ctx), int(o))) for o in model.outcomes)
+        assert abs(total - 1.0) < 1e-12, (model.order, ctx, total)
+
+
 # -------------------------------------------------------------------------- normalisation
 @pytest.mark.parametrize("smoothing,discount", SMOOTHINGS)
 @pytest.mark.parametrize("pad", [True, False])
 @pytest.mark.parametrize("unk", ["error", "map"])
-def test_every_distribution_sums_to_one(smoothing, discount, pad, unk):
+@pytest.mark.parametrize("fast", [True, False])
+def test_every_distribution_sums_to_one(smoothing, discount, pad, unk, fast):
     docs = _docs()
     for order in (1, 2, 3, 4):
-        m = NGramModel(order, V, smoothing, discount, pad=pad, unk=unk).fit(docs)
+        m = _fit(NGramModel(order, V, smoothing, discount, pad=pad, unk=unk, fast=fast), docs)
         for ctx in _contexts(m):
             # enumerate the whole vocabulary of outcomes through the scalar path
             probs = np.exp([m.logprob(ctx, int(o)) for o in m.outcomes])
@@ -56,89 +100,145 @@ def test_outcomes_cover_tokens_eos_and_unk():
     assert m.logprob([0], 99) == m.logprob([0], m.unk_id)
 
 
-# ----------------------------------------------------------------- brute-force reference
-def _reference(docs, n, smoothing, D, pad, k=1.0):
-    """A literal, dictionary-based implementation of CG98's formulas (slow, obviously correct)."""
-    BOS, EOS = V, V + 1
-    outcomes = list(range(V)) + ([EOS] if pad else [])
-    seqs = [([BOS] * (n - 1) + list(d) + [EOS]) if pad else list(d) for d in docs]
+# ------------------------------------------------------------ counting, by brute force
+def _brute_force_counts(docs, n, pad, continuation, V=V):
+    """{m: {n-gram: a}}: raw counts, and (continuation) N1+(. g) below the top order, in plain Python."""
     raw = {m: Counter() for m in range(1, n + 1)}
-    for s in seqs:
+    for s in _sequences(docs, n, V, pad):
         for m in range(1, n + 1):
             for i in range(len(s) - m + 1):
-                g = tuple(s[i : i + m])
-                if g[-1] != BOS:
-                    raw[m][g] += 1
-    if smoothing in ("kn", "mkn"):  # continuation counts below the top order
-        a = {n: raw[n]}
-        for m in range(1, n):
-            a[m] = Counter(g[1:] for g in raw[m + 1])
-    else:
-        a = raw
-
-    def disc(m, c):
-        return D[m][min(c, 3) - 1]
-
-    def prob(m, h, w):
-        if m == 0:
-            return 1.0 / len(outcomes)
-        h = h[len(h) - (m - 1) :] if m > 1 else ()
-        seen = {g: c for g, c in a[m].items() if g[:-1] == h}
-        total = sum(seen.values())
-        if smoothing == "addk":
-            return (a[m].get(h + (w,), 0) + k) / (total + k * len(outcomes))
-        if total == 0:
-            return prob(m - 1, h[1:] if h else (), w)
-        if smoothing == "mle":
-            return seen.get(h + (w,), 0) / total
-        c = seen.get(h + (w,), 0)
-        gamma = sum(disc(m, cc) for cc in seen.values()) / total
-        lower = prob(m - 1, h[1:] if h else (), w)
-        return (max(c - disc(m, c), 0) if c else 0) / total + gamma * lower
-
-    return prob, a, outcomes
+                if s[i + m - 1] != V:  # BOS = V is never predicted
+                    raw[m][tuple(s[i : i + m])] += 1
+    if not continuation:
+        return {m: dict(c) for m, c in raw.items()}
+    return {m: dict(raw[m] if m == n else Counter(g[1:] for g in raw[m + 1])) for m in raw}
 
 
-def _count_of_counts(a_m):
-    return [sum(1 for c in a_m.values() if c == r) for r in (1, 2, 3, 4)]
+def _decoded_counts(model):
+    """The model's stored (keys, a) per order as {m: {n-gram: a}} (a key is base-S digits)."""
+    S = model.n_symbols
+    return {m: {tuple(int(k) // S**j % S for j in reversed(range(m))): int(a) for k, a in zip(keys, counts)}
+            for m, (keys, counts) in enumerate(model.counts, start=1)}
 
 
-@pytest.mark.parametrize("smoothing", ["mle", "addk", "kn", "kn-estimate", "mkn", "mkn-fixed"])
+@pytest.mark.parametrize("smoothing", ["mle", "kn"])
 @pytest.mark.parametrize("pad", [True, False])
-def test_matches_brute_force_reference(smoothing, pad):
+def test_counts_match_brute_force_counting(smoothing, pad):
     docs = _docs(seed=1, n_docs=60)
-    n = 3
-    kind = smoothing.split("-")[0]
-    disc = {"kn": 0.75, "kn-estimate": "estimate", "mkn": None, "mkn-fixed": (0.5, 1.1, 1.6)}.get(smoothing)
-    m = NGramModel(n, V, kind, disc, k=0.5, pad=pad).fit(docs)
-    _, a, _ = _reference(docs, n, kind, None, pad)
-    D = None
-    if kind in ("kn", "mkn"):
-        D = {order: t.discounts for order, t in enumerate(m.tables, start=1)}
-        # the estimated discounts are the published formulas wherever their count-of-counts exist
-        for order in a:
-            n1, n2, n3, n4 = _count_of_counts(a[order])
-            if smoothing == "kn" or smoothing == "mkn-fixed":
-                assert D[order] == ((0.75,) * 3 if smoothing == "kn" else (0.5, 1.1, 1.6))
-            elif smoothing == "kn-estimate" and n1 > 0:
-                assert D[order][0] == pytest.approx(n1 / (n1 + 2 * n2))  # Ney et al. 1994
-            elif smoothing == "mkn" and min(n1, n2, n3, n4) > 0:
-                y = n1 / (n1 + 2 * n2)  # CG98 eq. 26
-                expected = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
-                assert np.allclose(D[order], np.clip(expected, 0, [1, 2, 3]))
-            assert all(0 <= d <= r for r, d in zip((1, 2, 3), D[order]))
-        assert smoothing != "mkn" or min(_count_of_counts(a[n])) > 0  # the top order was checked
-    prob, _, outcomes = _reference(docs, n, kind, D, pad, k=0.5)
-    for ctx in ([], [0], [1], [2, 0], [4, 4], [1, 0], [V, V], [V, 3]):
-        if not pad and V in ctx:
-            continue
-        h = tuple(ctx[-(n - 1) :]) if ctx else ()
-        for w in outcomes:
-            ref = prob(min(len(h) + 1, n), h, w)  # a short context uses the highest order it allows
-            got = m.logprob(ctx, w)
-            assert (got == pytest.approx(math.log(ref), abs=1e-12)) if ref > 0 else got == -math.inf
+    m = NGramModel(3, V, smoothing, pad=pad).fit(docs)
+    assert _decoded_counts(m) == _brute_force_counts(docs, 3, pad, continuation=smoothing == "kn")
 
 
+# --------------------------------------------------------- the fast path = the reference
+@pytest.mark.parametrize("smoothing,discount", SMOOTHINGS)
+@pytest.mark.parametrize("pad", [True, False])
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_fast_path_matches_the_reference(smoothing, discount, pad, order):
+    rng = np.random.default_rng(order)
+    for seed in range(3):
+        docs = _docs(seed=10 + seed, n_docs=30)
+        fast = _fit(NGramModel(order, V, smoothing, discount, pad=pad), docs)
+        ref = _fit(NGramModel(order, V, smoothing, discount, pad=pad, fast=False), docs)
+        assert fast.discounts == ref.discounts
+        unseen = [tuple(rng.integers(0, V, order - 1)) for _ in range(10)]  # mostly never seen
+        unseen += [(v,) for v in range(V)] if order > 1 else []
+        contexts = _seen_contexts(docs, order, V, pad) + unseen
+        np.testing.assert_allclose(fast.distributions(_matrix(contexts, order)),
+                                   ref.distributions(_matrix(contexts, order)), rtol=1e-9, atol=0)
+        for model in (fast, ref):
+            _assert_normalised(model, contexts)
+        test = _docs(seed=20 + seed, n_docs=5)
+        np.testing.assert_allclose(fast.logprobs(test), ref.logprobs(test), rtol=1e-9, atol=0)
+
+
+def test_hand_computed_bigram():
+    """Stream 0 1 0 2 0 1, V = 3, unpadded. Continuation counts of the unigrams: a(0) = |{1, 2}| = 2,
+    a(1) = a(2) = 1 (total 4); bigram counts: a(0 1) = 2, a(0 2) = a(1 0) = a(2 0) = 1."""
+    stream = [0, 1, 0, 2, 0, 1]
+    for fast in (True, False):
+        # "kn", D = 1/2. Unigrams: gamma = 3 D / 4 = 3/8, P(0) = 1.5/4 + 3/8 * 1/3 = 1/2, P(1) = P(2) = 1/4.
+        # After 0: gamma = 2 D / 3 = 1/3; P(0|0) = 1/3 * 1/2, P(1|0) = 1.5/3 + 1/3 * 1/4, P(2|0) = 0.5/3 + 1/12.
+        # After 1 (and 2): gamma = 1/2; P(0|1) = 0.5 + 1/4, P(1|1) = P(2|1) = 1/2 * 1/4.
+        kn = NGramModel(2, 3, "kn", discount=0.5, pad=False, fast=fast).fit(stream)
+        np.testing.assert_allclose(kn.distribution([]), [1 / 2, 1 / 4, 1 / 4], rtol=1e-12)
+        np.testing.assert_allclose(kn.distribution([0]), [1 / 6, 7 / 12, 1 / 4], rtol=1e-12)
+        np.testing.assert_allclose(kn.distribution([2]), [3 / 4, 1 / 8, 1 / 8], rtol=1e-12)
+        # the first token from the unigram, then P(1|0) P(0|1) P(2|0) P(0|2) P(1|0)
+        expected = np.log([1 / 2, 7 / 12, 3 / 4, 1 / 4, 3 / 4, 7 / 12])
+        np.testing.assert_allclose(kn.logprobs(stream), expected, rtol=1e-12)
+        # "mkn", (D1, D2, D3+) = (1/2, 1, 3/2). Unigrams: gamma = (1 + 1/2 + 1/2) / 4 = 1/2,
+        # P(0) = (2 - 1)/4 + 1/6 = 5/12, P(1) = P(2) = (1 - 1/2)/4 + 1/6 = 7/24.
+        # After 0: gamma = (1 + 1/2) / 3 = 1/2; P(0|0) = 5/24, P(1|0) = 1/3 + 7/48, P(2|0) = 1/6 + 7/48.
+        mkn = NGramModel(2, 3, "mkn", discount=(0.5, 1.0, 1.5), pad=False, fast=fast).fit(stream)
+        np.testing.assert_allclose(mkn.distribution([]), [5 / 12, 7 / 24, 7 / 24], rtol=1e-12)
+        np.testing.assert_allclose(mkn.distribution([0]), [5 / 24, 23 / 48, 15 / 48], rtol=1e-12)
+
+
+# ------------------------------------------------------------------------ discounts
+def test_estimated_discounts_follow_the_published_formulas():
+    # Zipfian tokens over a large vocabulary: rare tokens give every order singletons, doubletons, ...
+    rng = np.random.default_rng(0)
+    zipf = 1 / np.arange(1, 1001)
+    x = rng.choice(1000, size=20_000, p=zipf / zipf.sum())
+    counts = _brute_force_counts([x.tolist()], 3, False, continuation=True, V=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # valid estimates: no fallback, no warning
+        mkn = NGramModel(3, 1000, "mkn", pad=False).fit(x)
+        kn = NGramModel(3, 1000, "kn", "estimate", pad=False).fit(x)
+    for m in (1, 2, 3):
+        n1, n2, n3, n4 = (sum(1 for a in counts[m].values() if a == r) for r in (1, 2, 3, 4))
+        y = n1 / (n1 + 2 * n2)
+        assert kn.discounts[m - 1] == pytest.approx((y,) * 3)  # Ney et al. 1994
+        expected = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)  # CG98 eq. 26
+        assert mkn.discounts[m - 1] == pytest.approx(expected)
+
+
+def test_invalid_discount_estimates_fall_back_with_a_warning():
+    """The issue's example: order 2 has (n1, n2, n3, n4) = (1, 1, 1, 3), so Y = 1/3 and
+    D3+ = 3 - 4 Y 3/1 = -1; clipped to 0 it gave P(3 | 0) = 0 and an infinite perplexity."""
+    docs = [[0, 1]] * 4 + [[2, 3]] * 4 + [[4, 5]] * 4 + [[6, 7]] * 3 + [[8, 9]] * 2 + [[10, 11]]
+    for fast in (True, False):
+        with pytest.warns(UserWarning) as record:
+            m = NGramModel(order=2, vocab_size=12, smoothing="mkn", pad=False, fast=fast).fit(docs)
+        messages = sorted(str(r.message) for r in record)
+        assert len(messages) == 2
+        used = r"using D1 = 0.5, D2 = 1, D3\+ = 1.5"
+        assert re.search(r"order 1: .* \(6, 0, 0, 0\) .* D2 = undefined, .*" + used, messages[0])
+        assert re.search(r"order 2: .* \(1, 1, 1, 3\) .* D3\+ = -1, .*" + used, messages[1])
+        assert m.discounts == [KENLM_FALLBACK_DISCOUNTS] * 2
+        # by hand: unigram continuation counts a(1) = a(3) = ... = a(11) = 1, so gamma = 6 * 0.5 / 6
+        # and P(0) = 0.5 / 12; P(3) = 0.5 / 6 + 0.5 / 12 = 1/8; after 0 (a(0 1) = 4, D3+ = 1.5)
+        # P(3 | 0) = 1.5 / 4 * 1/8. The perplexity of [0, 3] is (P(0) P(3 | 0))^(-1/2).
+        assert m.perplexity([[0, 3]]) == pytest.approx((1 / 24 * 3 / 64) ** -0.5, rel=1e-12)
+    with pytest.warns(UserWarning, match=r"Kneser-Ney, order 1: .* D = 0, .* using D = 0.75"):
+        NGramModel(1, 3, "kn", "estimate", pad=False).fit([0, 0, 1, 1, 2, 2])  # n1 = 0: D = 0
+
+
+corpora = st.integers(1, 5).flatmap(
+    lambda v: st.tuples(st.just(v), st.lists(st.lists(st.integers(0, v - 1), max_size=10), min_size=1, max_size=6))
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(corpus=corpora, order=st.integers(1, 4), pad=st.booleans(), data=st.data(),
+       smoothing=st.sampled_from([("kn", None), ("kn", "estimate"), ("mkn", None), ("mkn", (0.2, 2.0, 0.1))]))
+def test_kneser_ney_is_finite_and_normalised_on_any_corpus(corpus, order, pad, data, smoothing):
+    """Any small corpus, any order: finite perplexity on any in-vocabulary sequence, and every
+    distribution (seen contexts and the test sequence's) positive and summing to 1."""
+    v, docs = corpus
+    assume(pad or any(docs))  # an unpadded model needs a token to count
+    seq = data.draw(st.lists(st.integers(0, v - 1), min_size=1, max_size=12))
+    fast = _fit(NGramModel(order, v, *smoothing, pad=pad), docs)
+    ref = _fit(NGramModel(order, v, *smoothing, pad=pad, fast=False), docs)
+    for model in (fast, ref):
+        assert math.isfinite(model.perplexity(seq))
+    contexts = _seen_contexts(docs, order, v, pad) + _seen_contexts([seq], order, v, pad)
+    p = fast.distributions(_matrix(contexts, order))
+    assert (p > 0).all() and np.abs(p.sum(axis=1) - 1).max() < 1e-12
+    np.testing.assert_allclose(p, ref.distributions(_matrix(contexts, order)), rtol=1e-9, atol=0)
+
+
+# ------------------------------------------------------------------------ behaviour
 def test_perplexity_matches_per_token_logprobs():
     docs = _docs(seed=2)
     m = NGramModel(3, V, "kn", pad=True).fit(docs)
@@ -187,10 +287,12 @@ def test_sampling_follows_the_distribution():
 
 
 def test_save_load_round_trip(tmp_path):
-    m = NGramModel(3, V, "mkn", pad=True, unk="map").fit(_docs())
+    m = _fit(NGramModel(3, V, "mkn", pad=True, unk="map"), _docs())
     path = tmp_path / "model.npz"
     m.save(path)
-    loaded = NGramModel.load(path)
+    with pytest.warns(UserWarning, match="order 1"):  # the discounts are derived again from the counts
+        loaded = NGramModel.load(path)
+    assert loaded.discounts == m.discounts
     for ctx in _contexts(m):
         assert np.array_equal(loaded.distribution(ctx), m.distribution(ctx))
 
@@ -204,6 +306,8 @@ def test_bad_inputs_raise_clear_errors():
         NGramModel(2, V, "kn", discount=1.5)
     with pytest.raises(ValueError, match="D_r"):
         NGramModel(2, V, "mkn", discount=(0.5, 2.5, 1.0))
+    with pytest.raises(ValueError, match="0 < D_r"):
+        NGramModel(2, V, "mkn", discount=(0.5, 1.0, 0.0))  # a zero discount would give zeros
     with pytest.raises(ValueError, match="not been fitted"):
         NGramModel(2, V).logprob([0], 1)
     with pytest.raises(ValueError, match="unk='map'"):

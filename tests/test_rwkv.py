@@ -266,17 +266,46 @@ def test_checkpoint_layout_matches_rwkv_lm():
     assert sd["head.weight"].shape == (30, 8) and sd["emb.weight"].shape == (30, 8)
 
 
-def test_time_decay_holds_log_w():
-    """A state with a single token decays by exp(-exp(time_decay)) per step, as in RWKV-LM."""
-    m = _tiny(layers=1, d=4, vocab=5)
-    td = m.blocks[0].att.time_decay.detach()
-    w = torch.exp(td)
-    k = torch.zeros(1, 1, 4)
-    v = torch.ones(1, 1, 4)
-    _, (aa, bb, pp) = wkv_recurrent(w, m.blocks[0].att.time_first.detach(), k, v)
-    _, (aa2, bb2, pp2) = wkv_recurrent(w, m.blocks[0].att.time_first.detach(), k - 1e4, v * 0, (aa, bb, pp))
-    decayed = bb2 * torch.exp(pp2)  # the first token's weight one step later
-    assert torch.allclose(decayed, torch.exp(-torch.exp(td))[None], rtol=1e-5)
+def _wkv_step_by_step(w, u, k, v):
+    """WKV as an RNN, one token at a time, in float64 and without any stabilisation:
+
+        wkv_t = (a_{t-1} + e^{u + k_t} v_t) / (b_{t-1} + e^{u + k_t})       bonus u for the current token
+        a_t = e^{-w} a_{t-1} + e^{k_t} v_t,   b_t = e^{-w} b_{t-1} + e^{k_t},   a_0 = b_0 = 0
+
+    (Peng et al. 2023, the time-mixing block as an RNN cell; RWKV-LM's ``wkv_cuda.cu`` forward,
+    which adds a running maximum). w, u: (C,); k, v: (B, T, C). Returns wkv (B, T, C) and (a_T, b_T).
+    """
+    w, u, k, v = (t.detach().double() for t in (w, u, k, v))
+    a, b = torch.zeros_like(k[:, 0]), torch.zeros_like(k[:, 0])  # (B, C) numerator, denominator
+    decay = torch.exp(-w)  # (C,): what is left of the past after one step
+    out = []
+    for t in range(k.size(1)):
+        bonus = torch.exp(u + k[:, t])
+        out.append((a + bonus * v[:, t]) / (b + bonus))
+        a = decay * a + torch.exp(k[:, t]) * v[:, t]
+        b = decay * b + torch.exp(k[:, t])
+    return torch.stack(out, dim=1), (a, b)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "recurrent"])
+def test_time_mix_wkv_is_the_recurrence_with_decay_exp_of_minus_exp_time_decay(mode):
+    """time_decay holds log w: TimeMix's WKV (and its state) is the recurrence above with w = exp(time_decay)."""
+    m = _tiny(layers=1, d=8, vocab=5, chunk_size=16)
+    att = m.blocks[0].att
+    seen = {}
+    for name in ("key", "value", "receptance"):
+        getattr(att, name).register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out))
+    att.output.register_forward_hook(lambda mod, inp, out: seen.__setitem__("gated", inp[0]))  # sigmoid(r) * wkv
+    x = torch.randn(2, 23, 8, generator=torch.Generator().manual_seed(7))  # 23 tokens: two parallel chunks
+    with torch.no_grad():
+        _, (_, aa, bb, pp) = att(x, None, mode)
+    ref, (a, b) = _wkv_step_by_step(torch.exp(att.time_decay), att.time_first, seen["key"], seen["value"])
+    assert ref.abs().max() > 0.5  # not a comparison of near-zero numbers
+    gated_ref = torch.sigmoid(seen["receptance"].double()) * ref
+    torch.testing.assert_close(seen["gated"].double(), gated_ref, rtol=1e-5, atol=1e-5)
+    # the state holds numerator a = aa e^pp and denominator b = bb e^pp
+    torch.testing.assert_close(aa.double() * torch.exp(pp.double()), a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bb.double() * torch.exp(pp.double()), b, rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of minilm.ssm: the selective scan against its closed form, step = scan, and the SSM LM."""
+"""Tests of minilm.models.ssm: the selective scan against its closed form, step = scan, and the SSM LM."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from minilm.ssm import SSMLM, SelectiveSSM, SSMConfig, selective_scan
+from minilm.models.ssm import SSMLM, SelectiveSSM, SSMConfig, selective_scan
 
 
 def scan_closed_form(x, delta, A, B, C, D):
@@ -130,8 +132,35 @@ def test_ssmlm_trains_and_counts():
     mixer = model.blocks[0].mixer
     for p in (mixer.A_log, mixer.D, mixer.dt_proj.weight, mixer.conv.weight, model.tok_emb.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
-    assert model.flops_per_token() > 6 * model.num_params(non_embedding=True)
     assert model.context_length is None
+
+
+def test_ssmlm_flops_per_token_against_the_flop_counter():
+    """The 6N part of ``flops_per_token`` against torch's FlopCounterMode on one training step.
+
+    The counter sees the matmuls (in_proj, x_proj, dt_proj, out_proj, head: 6 FLOPs per weight and
+    token, forward + both gradients) and the depthwise convolution (2 per weight and token
+    forward). It does not see the scan (elementwise exp, products, sums) nor the parameters that do
+    no matmul (A_log, D, biases, norm gains), which ``flops_per_token`` counts in N at 6 each.
+    """
+    model = tiny_lm()
+    B, T, V = 2, 12, model.config.vocab_size
+    idx = torch.randint(0, V, (B, T + 1), generator=torch.Generator().manual_seed(1))
+    with FlopCounterMode(display=False) as counter:
+        model.loss(idx[:, :-1], idx[:, 1:]).backward()
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    tokens = B * T
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    conv = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv1d))
+    assert counts["aten.mm"] == 6 * linear * tokens
+    assert counts["aten.convolution"] == 2 * conv * tokens
+    # Not asserted: aten.convolution_backward. torch 2.13's counter ignores groups in the weight
+    # gradient of a grouped (depthwise) convolution: d_inner times too many FLOPs there.
+    other = model.num_params(non_embedding=True) - linear - conv  # A_log, D, biases, norm gains
+    c = model.config
+    scan = 3 * c.n_layers * 7 * (c.expand * c.d_model) * c.d_state  # elementwise: the formula's own count
+    expected = counts["aten.mm"] + 3 * counts["aten.convolution"] + (6 * other + scan) * tokens
+    assert model.flops_per_token() * tokens == expected
 
 
 def test_ssm_errors():

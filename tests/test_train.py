@@ -1,17 +1,22 @@
 import copy
+import dataclasses
+import importlib
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from minilm import schedules
-from minilm.checkpoint import load_checkpoint, model_from_checkpoint
+from minilm.checkpoint import load_checkpoint
 from minilm.data import MarkovLanguage
 from minilm.data.languages import _entropy
 from minilm.device import resolve_device
-from minilm.models import GPT, GPTConfig
-from minilm.train import TrainingDivergedError, default_optimizer, evaluate, train
+from minilm.models import GPT, GPTConfig, build_model, model_from_checkpoint
+from minilm.train import TrainConfig, TrainingDivergedError, default_optimizer, evaluate, train
+
+train_module = importlib.import_module("minilm.train")  # the module (``minilm.train`` is also the function)
 
 LANG = MarkovLanguage(vocab_size=16, order=1, concentration=0.2, seed=0)
 TRAIN = LANG.sample(60_000, seed=1)
@@ -51,15 +56,114 @@ def test_same_seed_same_curve_different_seed_different_curve():
     assert a != c
 
 
-def test_resume_continues_loss_curve_exactly(tmp_path):
-    full = run(model(), steps=40)
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs a CUDA GPU; this machine has none")),
+    pytest.param("mps", marks=pytest.mark.skipif(not _mps_available(),
+                                                 reason="needs Apple's MPS; not available on this machine")),
+]
+
+
+def dropout_model(seed=0):
+    # Dropout draws from the generator of the device the run is on, so an exact resume needs that
+    # generator's state. Explicit attention (plain matmuls) keeps every kernel deterministic on GPUs
+    # too, so the random streams are the only thing a resumed run could get wrong.
+    return model(seed, dropout=0.1, attn_impl="explicit")
+
+
+def interrupted(tmp_path, m, **kw):
+    """Train 20 of 40 steps ("interrupted" by a callback) with checkpoints; return the file."""
     ckpt = tmp_path / "run.pt"
-    run(model(), steps=40, checkpoint_path=ckpt, checkpoint_every=10,
-        callbacks=[lambda info: info["step"] == 19])  # "interrupted" after 20 steps
-    assert load_checkpoint(ckpt)["step"] == 20
-    resumed = run(model(seed=123), steps=40, checkpoint_path=ckpt, resume=True)
+    run(m, steps=40, checkpoint_path=ckpt, checkpoint_every=10, callbacks=[lambda info: info["step"] == 19], **kw)
+    return ckpt
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_continues_loss_curve_exactly(tmp_path, device):
+    full = run(dropout_model(), steps=40, device=device)
+    ckpt = interrupted(tmp_path, dropout_model(), device=device)
+    saved = torch.load(ckpt, weights_only=True)  # RNG states are plain tensors: safe loading works
+    generator = "torch" if device == "cpu" else device
+    assert saved["step"] == 20 and generator in saved["rng"]
+    resumed = run(dropout_model(seed=123), steps=40, device=device, checkpoint_path=ckpt, resume=True)
     assert resumed["train_loss"] == full["train_loss"]
     assert resumed["val_loss"] == full["val_loss"]
+    # The comparison has teeth: with the device's generator elsewhere, dropout draws other masks.
+    saved["rng"][generator] = torch.Generator(device).manual_seed(1).get_state()
+    torch.save(saved, ckpt)
+    other = run(dropout_model(seed=123), steps=40, device=device, checkpoint_path=ckpt, resume=True)
+    assert other["train_loss"][:20] == full["train_loss"][:20]
+    assert other["train_loss"][20:] != full["train_loss"][20:]
+
+
+class _ReportsGPU(torch.Tensor):
+    """Bytes on the CPU, but it says it lives on a GPU: an RNG state as ``load_checkpoint(...,
+    map_location="cuda")`` hands it back there. Moving it to the CPU gives a plain tensor."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = super().__torch_function__(func, types, args, kwargs)
+        to_cpu = func is torch.Tensor.cpu or (func is torch.Tensor.to and any(
+            str(a).startswith("cpu") for a in [*args[1:], *kwargs.values()]))
+        return out.as_subclass(torch.Tensor) if to_cpu and isinstance(out, torch.Tensor) else out
+
+
+def test_resume_hands_torch_cpu_byte_tensors_whatever_the_checkpoint_was_loaded_onto(tmp_path, monkeypatch):
+    # The bug this guards: the whole checkpoint was loaded with map_location=<the model's device>,
+    # and torch.set_rng_state was handed a CUDA tensor. Simulated here with a loader that returns
+    # the RNG states as tensors that report a GPU.
+    full = run(dropout_model(), steps=40)
+    ckpt = interrupted(tmp_path, dropout_model())
+
+    def load_onto_gpu(path, map_location="cpu"):
+        loaded = load_checkpoint(path, map_location)
+        loaded["rng"] = {k: v.as_subclass(_ReportsGPU) if isinstance(v, torch.Tensor) else v
+                         for k, v in loaded["rng"].items()}
+        return loaded
+
+    handed, set_rng_state = [], torch.set_rng_state
+    def spy(state):
+        handed.append((state.device.type, state.dtype))
+        set_rng_state(state)
+    monkeypatch.setattr(train_module, "load_checkpoint", load_onto_gpu)
+    monkeypatch.setattr(torch, "set_rng_state", spy)
+    resumed = run(dropout_model(seed=123), steps=40, checkpoint_path=ckpt, resume=True)
+    assert handed == [("cpu", torch.uint8)]
+    assert resumed["train_loss"] == full["train_loss"]
+
+
+def test_resume_on_another_kind_of_device_warns_but_continues_model_and_optimizer(tmp_path):
+    full = run(model(), steps=40)
+    ckpt = interrupted(tmp_path, model())
+    saved = torch.load(ckpt, weights_only=True)
+    saved["rng"]["cuda"] = torch.zeros(16, dtype=torch.uint8)  # as if the run had been on a GPU
+    torch.save(saved, ckpt)
+    with pytest.warns(UserWarning, match="saved by a run on cuda and resumes on cpu.*cannot continue exactly"):
+        resumed = run(model(seed=123), steps=40, checkpoint_path=ckpt, resume=True)
+    # Without dropout the curve depends only on the weights, the optimizer's state and the batches.
+    assert resumed["train_loss"] == full["train_loss"]
+
+
+def test_checkpoints_with_only_numpy_and_torch_streams_still_resume_exactly(tmp_path):
+    # What checkpoints held before the device generators were saved; a CPU run still writes exactly that.
+    full = run(dropout_model(), steps=40)
+    ckpt = interrupted(tmp_path, dropout_model())
+    saved = torch.load(ckpt, weights_only=True)
+    assert set(saved["rng"]) == {"numpy", "torch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed = run(dropout_model(seed=123), steps=40, checkpoint_path=ckpt, resume=True)
+    assert resumed["train_loss"] == full["train_loss"]
 
 
 def test_checkpoint_is_weights_only_and_rebuilds_model(tmp_path):
@@ -203,3 +307,62 @@ def test_default_optimizer_matches_per_tensor_adamw_and_skips_decay_on_vectors()
             o.step()
     for p, q in zip(model.parameters(), ref.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_evaluate_runs_where_the_model_lives(monkeypatch):
+    m = model()
+    ngram = build_model("ngram", vocab_size=16, size="tiny", context_length=16).fit(TRAIN[:5000])
+    expected = evaluate(m, VAL, device="cpu"), evaluate(ngram, VAL, context_length=16, device="cpu")
+
+    def no_resolving(device="auto", verbose=False):
+        raise AssertionError(f"evaluate asked resolve_device({device!r}) instead of using the model's device")
+    monkeypatch.setattr(train_module, "resolve_device", no_resolving)
+    # GPT: its parameters' device; the n-gram model has no parameters or buffers: CPU.
+    assert (evaluate(m, VAL), evaluate(ngram, VAL, context_length=16)) == expected
+    assert train_module._model_device(model().to("meta")) == torch.device("meta")
+
+
+def test_train_config_and_keywords_agree():
+    kw = dict(steps=12, batch_size=16, lr=3e-3, eval_every=5, progress=False, device="cpu", seed=0)
+    by_keywords = train(model(), TRAIN, VAL, **kw)
+    by_config = train(model(), TRAIN, VAL, TrainConfig(**kw))
+    other = TrainConfig(**{**kw, "lr": 1.0, "seed": 5})
+    overridden = train(model(), TRAIN, VAL, other, lr=3e-3, seed=0)
+    for h in (by_config, overridden):
+        assert h["train_loss"] == by_keywords["train_loss"] and h["val_loss"] == by_keywords["val_loss"]
+    assert (other.lr, other.seed) == (1.0, 5)  # keywords override a copy, never the config passed in
+    assert set(by_keywords) == {"step", "train_loss", "lr", "tokens", "time", "val_step", "val_loss", "device"}
+    assert [f.name for f in dataclasses.fields(TrainConfig)] == [
+        "steps", "batch_size", "context_length", "lr", "weight_decay", "grad_clip", "optimizer", "schedule",
+        "eval_every", "eval_batches", "device", "seed", "callbacks", "checkpoint_path", "checkpoint_every",
+        "resume", "progress", "autocast", "compile", "threads"]
+
+
+def test_unknown_option_is_named_with_the_valid_ones():
+    with pytest.raises(TypeError, match=r"unknown keyword argument 'stpes' \(did you mean 'steps'\?\).*batch_size"):
+        train(model(), TRAIN, stpes=10, progress=False, device="cpu")
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        train(model(), TRAIN, None, {"steps": 10})
+
+
+@pytest.mark.parametrize("bad", [
+    dict(steps=-1), dict(steps=2.5), dict(batch_size=0), dict(context_length=0), dict(lr=-1e-3),
+    dict(lr=float("nan")), dict(weight_decay=-0.1), dict(grad_clip=0.0), dict(optimizer="adam"),
+    dict(schedule=0.5), dict(eval_every=0), dict(eval_batches=0), dict(seed=-1), dict(callbacks=[1]),
+    dict(checkpoint_every=0), dict(resume=True), dict(autocast="bf16"), dict(threads=0),
+])
+def test_bad_options_get_clear_errors(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=f"TrainConfig.{name} must be"):
+        TrainConfig(**bad)
+    with pytest.raises(ValueError, match=f"TrainConfig.{name} must be"):
+        train(model(), TRAIN, progress=False, device="cpu", **bad)
+
+
+def test_threads_option_sets_torch_threads_else_keeps_minilms_default(monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_module, "configure_threads", lambda threads=None, verbose=True: calls.append(threads))
+    monkeypatch.setattr(train_module, "ensure_threads", lambda: calls.append("default"))
+    run(model(), steps=1, threads=3)
+    run(model(), steps=1)
+    assert calls == [3, "default"]

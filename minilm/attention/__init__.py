@@ -1,4 +1,4 @@
-"""Attention complexity and its alternatives (TALK.md section 2).
+"""Attention complexity and its alternatives (course/02_attention.md; lab 02).
 
     masks      which keys each query sees: full, window, sinks, Sparse Transformer, block-sparse
     kernels    softmax attention: masked (explicit / SDPA) and a banded sliding-window kernel

@@ -3,9 +3,9 @@
 Generation with a KV cache stores the keys and values of every past token: memory grows as
 2 * n_layers * length * d_model numbers. Eviction policies bound it:
 
-    KVCache (minilm.models.gpt)   keep all tokens (memory grows with the length)
-    WindowCache(window)           keep the most recent tokens only
-    SinksWindowCache(window, 4)   keep the first 4 tokens (the "attention sinks") + the recent ones
+    KVCache (minilm.models.kv_cache)   keep all tokens (memory grows with the length)
+    WindowCache(window)                keep the most recent tokens only
+    SinksWindowCache(window, 4)        keep the first 4 tokens (the "attention sinks") + the recent ones
 
 ``window`` always counts the keys a new token attends to *including itself*, as in
 ``sliding_window_mask``: between steps the cache holds ``window - 1`` recent tokens (plus the sinks),
@@ -13,18 +13,29 @@ and during a step the new token joins them. Fed one token at a time, ``WindowCac
 what ``GPT(idx, attn_mask=sliding_window_mask(T, w))`` computes, except that the keys of a cached
 token were computed once, from the context *it* saw (that is the difference from re-computation).
 
-Positions: the base cache stores un-rotated keys with their absolute positions, so a policy picks
-which positions RoPE sees. StreamingLLM (Xiao et al. 2023, sec. 3.2) assigns positions *inside the
-cache*: with sinks [0, 1, 2, 3] and recent tokens [6, 7, 8] cached, RoPE sees 0, 1, ..., 6, so
-distances never exceed the cache size the model was trained on. ``positions="absolute"`` keeps
-the original positions, for comparison.
+Memory and time are constant per token: the buffers are *ring buffers* of fixed size,
+
+    slots [0, sinks)              the sink tokens, position p in slot p
+    slots [sinks, sinks + R)      a ring: position p >= sinks in slot sinks + (p - sinks) mod R
+
+with R = window - 1 + T during a step of T new tokens (the kept recent tokens and the new ones),
+so a new token overwrites the one that just left the window, and nothing else moves. The slots
+are not in time order, which attention does not mind: it is a sum over keys, and the mask (built
+from each slot's absolute position) says which keys each query may see. (A chunk of T > 1
+tokens, e.g. a prompt, resizes the ring to window - 1 + T for that step.)
+
+Positions: StreamingLLM (Xiao et al. 2023, sec. 3.2) assigns RoPE positions *inside the cache*:
+with sinks [0, 1, 2, 3] and recent tokens [6, 7, 8] cached, RoPE sees 0, 1, ..., 6, so distances
+never exceed the cache size the model was trained on. A key's position then changes as tokens
+are evicted, so this cache stores keys un-rotated and rotates its (constant-size) contents every
+step. ``positions="absolute"`` keeps the original positions (keys stored rotated, as in KVCache).
 """
 
 from __future__ import annotations
 
 import torch
 
-from minilm.models.gpt import KVCache
+from minilm.models.kv_cache import KVCache
 
 __all__ = ["SinksWindowCache", "WindowCache", "kv_cache_bytes", "make_cache"]
 
@@ -37,32 +48,46 @@ def _check_window(window: int) -> None:
 class WindowCache(KVCache):
     """Sliding-window KV cache: each new token attends to the ``window`` most recent tokens."""
 
+    sinks = 0  # first tokens kept forever (SinksWindowCache sets it)
+
     def __init__(self, n_layers: int, window: int):
         super().__init__(n_layers)
         _check_window(window)
         self.window = window
+        self.capacity = self.sinks + window  # sinks + a ring of window - 1 kept tokens and 1 new one
 
     def _allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """(Tq, Tk) policy mask on absolute positions: causal and within the window."""
         dist = q_pos[:, None] - k_pos[None, :]
         return (dist >= 0) & (dist < self.window)
 
-    def _keep_index(self) -> torch.Tensor:
-        L = len(self)
-        return torch.arange(max(0, L - (self.window - 1)), L)
+    def _first_recent(self, seen: int) -> int:
+        """Absolute position of the oldest recent (non-sink) token kept after ``seen`` tokens."""
+        return max(self.sinks, seen - (self.window - 1))
 
-    def evict(self) -> None:
-        if len(self) > self.window - 1:
-            self._keep(self._keep_index().to(self.pos.device))
+    def __len__(self) -> int:
+        return min(self.sinks, self.seen) + max(self.sinks, self.seen) - self._first_recent(self.seen)
+
+    @property
+    def pos(self) -> torch.Tensor:
+        sinks = torch.arange(min(self.sinks, self.seen), device=self.device)
+        recent = torch.arange(self._first_recent(self.seen), max(self.sinks, self.seen), device=self.device)
+        return torch.cat([sinks, recent])
+
+    def _capacity_for(self, T: int) -> int:
+        return self.sinks + self.window - 1 + T  # room for the kept tokens and the T new ones
+
+    def _slot_of(self, positions: torch.Tensor, capacity: int) -> torch.Tensor:
+        s, ring = self.sinks, capacity - self.sinks
+        return torch.where(positions < s, positions, s + (positions - s) % ring)
 
     def attn_mask(self, T: int, device: torch.device | None = None) -> torch.Tensor:
         """The (T, len(self) + T) mask to pass with a chunk of T > 1 new tokens, so that tokens
         inside the chunk also respect the policy: ``model(chunk, cache=c, attn_mask=c.attn_mask(T))``.
-        (With one token per step the default causal mask is already right.)"""
-        if device is None:
-            device = self.pos.device if self.pos is not None else torch.device("cpu")
-        q_pos = self.new_positions(T, device)
-        return self._allowed(q_pos, self.key_positions(q_pos))
+        (With one token per step the default causal mask is already right.) Keys in slot order."""
+        device = self.device if device is None else torch.device(device)
+        q_pos = torch.arange(self.seen, self.seen + T, device=self.device)
+        return self._allowed(q_pos, self._step_positions(T)).to(device)
 
 
 class SinksWindowCache(WindowCache):
@@ -73,32 +98,26 @@ class SinksWindowCache(WindowCache):
     """
 
     def __init__(self, n_layers: int, window: int, sinks: int = 4, positions: str = "cache"):
-        super().__init__(n_layers, window)
-        if not isinstance(sinks, int) or sinks < 0:
+        if not isinstance(sinks, int) or isinstance(sinks, bool) or sinks < 0:
             raise ValueError(f"sinks must be a non-negative integer, got {sinks!r}")
         if positions not in ("cache", "absolute"):
             raise ValueError(f"positions must be 'cache' (StreamingLLM) or 'absolute', got {positions!r}")
         self.sinks, self.positions = sinks, positions
+        super().__init__(n_layers, window)
+        self.rotate_all = positions == "cache"  # in-cache positions move: rotate every key each step
 
     def _allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         return super()._allowed(q_pos, k_pos) | ((k_pos[None, :] < self.sinks) & (k_pos[None, :] <= q_pos[:, None]))
 
-    def _keep_index(self) -> torch.Tensor:
-        # Called only when len(self) > sinks + window - 1, so sinks and recent tokens are disjoint;
-        # the first cached tokens are always the sinks (absolute positions 0..sinks-1).
-        return torch.cat([torch.arange(self.sinks), super()._keep_index()])
-
-    def evict(self) -> None:
-        if len(self) > self.sinks + self.window - 1:
-            self._keep(self._keep_index().to(self.pos.device))
-
-    def rope_positions(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.positions == "absolute":
-            return q_pos, k_pos
-        # Positions inside the cache (StreamingLLM sec. 3.2): keys 0..Lk-1, the new queries last.
-        Lk, T = k_pos.numel(), q_pos.numel()
-        in_cache = torch.arange(Lk, device=k_pos.device)
-        return in_cache[Lk - T :], in_cache
+            return super().rope_positions()
+        # Positions inside the cache (StreamingLLM sec. 3.2): the kept tokens in time order are
+        # numbered 0, 1, ...: a recent token moves down by the number of tokens evicted so far.
+        q_pos, k_pos, _ = self._current()
+        evicted = self._first_recent(self.seen) - self.sinks
+        in_cache = lambda p: torch.where(p < self.sinks, p, p - evicted)  # noqa: E731
+        return in_cache(q_pos), in_cache(k_pos)  # all keys: the cache rotates all of them
 
 
 def make_cache(policy: str, n_layers: int, window: int | None = None, sinks: int = 4) -> KVCache:

@@ -99,7 +99,7 @@ def pattern_pairs(name: str, n: int, **params) -> int:
 
 
 def ssm_flops(n: int, d: int, d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | None = None) -> float:
-    """Forward FLOPs of one selective-SSM (Mamba) layer on n tokens (``minilm.ssm.SelectiveSSM``).
+    """Forward FLOPs of one selective-SSM (Mamba) layer on n tokens (``minilm.models.ssm.SelectiveSSM``).
 
     With D = expand * d and r = dt_rank, per token: in_proj 2 d (2D), conv 2 D k, x_proj 2 D (r + 2N),
     dt_proj 2 r D, out_proj 2 D d, and the scan 7 D N (exp(Delta A), A_bar h, Delta B x, the sum,
@@ -376,7 +376,7 @@ def layer_builder(
         elif kind == "rwkv":
             layer = _RWKVTimeMix(d_model)
         elif kind == "ssm":
-            from minilm.ssm import SelectiveSSM
+            from minilm.models.ssm import SelectiveSSM
 
             layer = SelectiveSSM(d_model, d_state=d_state)
         else:
@@ -435,12 +435,16 @@ def _state_nbytes(state) -> int:
     return 0
 
 
-def _prefill(model, prompt: torch.Tensor, chunk: int = 1024):
-    """Read ``prompt`` (1, L) once; return (step(token (1, 1)) -> logits (1, V), memory-in-bytes function)."""
-    from minilm.models.gpt import GPT, KVCache
+def _prefill(model, prompt: torch.Tensor, chunk: int = 1024, steps: int = 0):
+    """Read ``prompt`` (1, L) once; return (step(token (1, 1)) -> logits (1, V), memory-in-bytes function).
+
+    A GPT's KV cache is allocated once for the prompt and ``steps`` more tokens, so no timed step
+    pays for growing it."""
+    from minilm.models.gpt import GPT
+    from minilm.models.kv_cache import KVCache
 
     if isinstance(model, GPT):
-        cache = KVCache(model.config.n_layers)
+        cache = KVCache(model.config.n_layers, max_length=prompt.size(1) + steps)
         for s in range(0, prompt.size(1), chunk):  # chunks bound the (T, L) score matrices
             model(prompt[:, s : s + chunk], cache=cache)
         return (lambda tok: model(tok, cache=cache)[:, -1]), cache.nbytes
@@ -491,7 +495,7 @@ def measure_decoding(
     try:
         for n in tqdm(lengths, desc=f"decode {type(model).__name__}", disable=not progress):
             prompt = torch.randint(0, model.vocab_size, (1, n), generator=g).to(device)
-            step, nbytes = _prefill(model, prompt)
+            step, nbytes = _prefill(model, prompt, steps=new_tokens * repeats)
             mems.append(int(nbytes()))
             tok = prompt[:, -1:]
             times = []

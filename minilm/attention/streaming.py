@@ -10,6 +10,9 @@ each next-token prediction under a memory policy:
                  scratch on the last ``window`` tokens (exact, O(window^2) per token: the
                  paper's expensive but strong baseline)
 
+The "window" and "sinks" caches are fixed-size ring buffers (``minilm.attention.cache``): each
+token costs the same time and the cache the same memory, however long the stream.
+
 ``attention_mass_on_first_token`` measures the attention-sink effect itself: how much of each
 layer's attention lands on token 0 (Xiao et al., Fig. 2).
 """

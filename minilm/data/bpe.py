@@ -7,13 +7,21 @@ Training:
   3. Start from the 256 byte values and repeatedly merge the most frequent adjacent pair of
      tokens into a new token, until the vocabulary has the requested size.
 
-Ties between equally frequent pairs are broken deterministically: the pair (a, b) with the
-smallest (a, b) token ids wins (the older tokens first).
+Ties between equally frequent pairs (``train(..., tie_break=...)``), both deterministic:
+  "lexicographic" (default): the pair whose byte strings (vocab[a], vocab[b]) compare greatest,
+      e.g. (b"BA", b"A") before (b"B", b"ZZ") before (b"A", b"C"). This is the rule of Stanford
+      CS336's assignment 1 and of the implementations that follow it, so a learner coming from
+      there gets the same merges. (Two tokens can spell the same bytes; such a tie falls back
+      to the smallest ids.)
+  "ids": the pair with the smallest token ids (a, b), i.e. the older tokens first (minilm's
+      rule before; kept as an option).
+The rule only matters for training: a tokenizer is its merges, and loading needs nothing else.
 
 Speed: the words of the text are kept once each with their count ("the" x 1000 is one entry),
 pair counts are updated incrementally -- after a merge only the words that contain the merged
-pair are recounted -- and the most frequent pair comes from a heap with lazy deletion. Training
-on 1 MB of English takes a few seconds.
+pair are recounted -- and the most frequent pair comes from a heap with lazy deletion, whose
+entries (-count, tie key, pair) pop in the order of the tie rule. Training on 1 MB of English
+takes about a second.
 
 Encoding applies the merges to each pre-token, always the lowest-ranked (earliest learned)
 pair first, which gives the same tokens as replaying the training merges in order.
@@ -38,38 +46,15 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import regex
+
 from minilm.atomic import atomic_write_text
 
 # GPT-2's pre-tokenization pattern (Radford et al. 2019, the released encoder.py). It needs the
-# third-party `regex` module for the Unicode classes \p{L} (letters) and \p{N} (numbers).
-GPT2_PATTERN_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-# The same pattern in the standard `re` syntax, approximately: letters = word characters that are
-# not digits or "_"; numbers = decimal digits (\p{N} also has e.g. "²" and "½", which count as
-# letters here); everything else that is not whitespace is punctuation. Every character is still
-# covered, so round trips hold; only a few segmentations differ from GPT-2's.
-GPT2_PATTERN_RE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
-
-try:
-    import regex as _regex
-
-    GPT2_PATTERN = GPT2_PATTERN_REGEX
-    HAS_REGEX = True
-except ImportError:  # pragma: no cover - exercised only where `regex` is missing
-    _regex = None
-    GPT2_PATTERN = GPT2_PATTERN_RE
-    HAS_REGEX = False
-
-
-def _compile(pattern: str):
-    """Compile with `regex` when available (it knows the Unicode classes), else with `re`."""
-    if _regex is not None:
-        return _regex.compile(pattern)
-    if r"\p{" in pattern:
-        raise ValueError(
-            "this pattern uses \\p{...} Unicode classes, which need the `regex` package: "
-            "pip install regex, or use GPT2_PATTERN_RE"
-        )
-    return re.compile(pattern)
+# third-party `regex` module (a dependency) for the Unicode classes \p{L} (letters), \p{N} (numbers).
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+TIE_BREAKS = ("lexicographic", "ids")
+_REVERSED_BYTE = {i: 255 - i for i in range(256)}  # a str.translate table
 
 
 class BPETokenizer:
@@ -84,7 +69,7 @@ class BPETokenizer:
         """Build a tokenizer from its merges (pairs of ids, in learned order) and special tokens."""
         self.merges = [(int(a), int(b)) for a, b in merges]
         self.pattern = pattern
-        self._pat = _compile(pattern)
+        self._pat = regex.compile(pattern)
         self.vocab: list[bytes] = [bytes([i]) for i in range(256)]  # id -> bytes
         self.ranks: dict[tuple[int, int], int] = {}  # pair -> id of the merged token
         for a, b in self.merges:
@@ -117,11 +102,13 @@ class BPETokenizer:
         special_tokens: list[str] | tuple[str, ...] = (),
         pattern: str = GPT2_PATTERN,
         verbose: bool = False,
+        tie_break: str = "lexicographic",
     ) -> BPETokenizer:
         """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``.
 
-        Training stops early if no pair is left to merge (a short text); ``vocab_size`` of the
-        result then tells the true size.
+        ``tie_break``: "lexicographic" (default) or "ids", the rule between equally frequent
+        pairs (module docstring). Training stops early if no pair is left to merge (a short
+        text); ``vocab_size`` of the result then tells the true size.
         """
         n_merges = vocab_size - 256 - len(set(special_tokens))
         if not isinstance(vocab_size, int) or n_merges < 0:
@@ -129,8 +116,10 @@ class BPETokenizer:
                 f"vocab_size={vocab_size!r} is too small: it must be at least 256 (the bytes) plus "
                 f"the {len(set(special_tokens))} special tokens"
             )
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"tie_break must be one of {', '.join(map(repr, TIE_BREAKS))}, got {tie_break!r}")
         _check_text(text)
-        pat = _compile(pattern)
+        pat = regex.compile(pattern)
         words: Counter[str] = Counter()
         for piece in _split_specials(text, special_tokens):
             words.update(pat.findall(piece))
@@ -143,19 +132,24 @@ class BPETokenizer:
             for pair in zip(seq, seq[1:]):
                 pair_counts[pair] += freq[i]
                 where.setdefault(pair, set()).add(i)
-        # max-heap on (count, then the smallest pair): store (-count, pair); stale entries are
-        # skipped when popped (their count no longer matches)
-        heap = [(-c, p) for p, c in pair_counts.items()]
+        # heapq pops the smallest entry (-count, tie key, pair): the most frequent pair, then the
+        # tie rule's choice, then the smallest ids. The tie key of (a, b) is rev[a] + rev[b]
+        # (see _tie_string). Stale entries (their count changed) are skipped when popped.
+        vocab = [bytes([i]) for i in range(256)]  # id -> bytes, grows with the merges
+        rev = [_tie_string(b, tie_break) for b in vocab]
+        heap = [(-c, rev[a] + rev[b], (a, b)) for (a, b), c in pair_counts.items()]
         heapq.heapify(heap)
 
         merges: list[tuple[int, int]] = []
         progress = _progress(n_merges, verbose)
         while len(merges) < n_merges and heap:
-            neg, pair = heapq.heappop(heap)
+            neg, _, pair = heapq.heappop(heap)
             if pair_counts.get(pair, 0) != -neg or neg == 0:
                 continue  # stale entry
             new_id = 256 + len(merges)
             merges.append(pair)
+            vocab.append(vocab[pair[0]] + vocab[pair[1]])
+            rev.append(_tie_string(vocab[new_id], tie_break))
             changed: set[tuple[int, int]] = set()
             for i in where.pop(pair, ()):
                 seq, f = seqs[i], freq[i]
@@ -172,7 +166,7 @@ class BPETokenizer:
             for p in changed:
                 c = pair_counts[p]
                 if c > 0:
-                    heapq.heappush(heap, (-c, p))
+                    heapq.heappush(heap, (-c, rev[p[0]] + rev[p[1]], p))
                 else:
                     del pair_counts[p]
             progress.update(1)
@@ -253,6 +247,20 @@ def _merge(seq: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
             out.append(seq[i])
             i += 1
     return out
+
+
+def _tie_string(b: bytes, tie_break: str) -> str:
+    """A token's part of the heap's tie key, which the heap pops smallest first.
+
+    "lexicographic": a str whose order is the reverse of the bytes order, so the greatest byte
+    strings pop first: each byte x becomes chr(255 - x), and a final chr(256) sorts a prefix
+    after its extensions (as bytes, a prefix is the smaller). The final chr(256) also makes the
+    key of a pair, the concatenation of its two tokens' strings, compare as the pair of strings.
+    "ids": "" for every token, so the pair itself decides, smallest ids first.
+    """
+    if tie_break == "ids":
+        return ""
+    return b.decode("latin-1").translate(_REVERSED_BYTE) + "\u0100"
 
 
 def _split_specials(text: str, specials, special_pat=None, keep: bool = False) -> list[str]:

@@ -1,20 +1,24 @@
 """Command-line hooks of grading: ``minilm release``, ``check``, ``grade`` and ``gradescope``.
 
-``add_commands(subparsers)`` registers them on the main ``minilm`` parser; each handler takes the
-parsed arguments and returns an exit code. ``python -m minilm.grading.cli ...`` runs them alone.
+``add_commands(subparsers, find_lab)`` registers them on the main ``minilm`` parser (``minilm.cli``);
+each handler takes the parsed arguments and returns an exit code. The engine knows no lab by name:
+``find_lab`` (the course's ``minilm.labs.get_lab``) turns the id a command is given, or that a
+notebook names, into the lab's declared questions, and reaches each handler as ``args.find_lab``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from minilm.grading import notebook as nbtools
 from minilm.grading import sandbox
+from minilm.grading.questions import Lab
 
 
 def _fail(message: str) -> SystemExit:
@@ -40,15 +44,20 @@ def _limits(args: argparse.Namespace):
         raise _fail(str(err)) from None
 
 
-def _get_lab(lab_id: str | None):
-    from minilm.grading.labs import get_lab
-
-    if lab_id is None:
-        return None
+def _find_lab(args: argparse.Namespace, lab_id: str) -> Lab:
+    """The lab ``lab_id`` names, looked up with the resolver ``add_commands`` was given."""
     try:
-        return get_lab(lab_id)
+        return args.find_lab(lab_id)
     except ValueError as err:
         raise _fail(str(err)) from None
+
+
+def _lab_of(args: argparse.Namespace, nb: Any, path: Path) -> Lab:
+    """``--lab`` if given, else the lab the notebook names (metadata, ``LAB = "NN"``, file name)."""
+    lab_id = args.lab or nbtools.lab_id_of(nb, path)
+    if lab_id is None:
+        raise _fail(f"cannot tell which lab {path.name} is: pass --lab NN")
+    return _find_lab(args, lab_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,8 +85,9 @@ def cmd_release(args: argparse.Namespace) -> int:
             print(f"{out}: {'up to date' if reason is None else 'STALE: ' + reason}")
             status |= reason is not None
             continue
+        lab = _lab_of(args, nbtools.read_notebook(src), src)
         try:
-            report = release_lab(src, out, lab=args.lab, check=not args.no_check)
+            report = release_lab(src, out, lab=lab, check=not args.no_check)
         except ReleaseError as err:
             print(f"{src}: {err}", file=sys.stderr)
             status = 1
@@ -87,7 +97,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         for note in report.notes:
             print(f"  note: {note}")
         if args.execute:
-            result = grade_notebook(src, lab=report.lab, limits=_limits(args))
+            result = grade_notebook(src, lab=lab, limits=_limits(args))
             if result.score < result.max_score - 1e-9:
                 lost = [f"{q.name} {q.score:g}/{q.points:g} ({q.status})" for q in result.questions if not q.full]
                 print(f"{src}: executed solution scores {result.score:g}/{result.max_score:g}: {', '.join(lost)}",
@@ -112,16 +122,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     path = Path(args.notebook)
     if not path.exists():
         raise _fail(f"{path} does not exist")
-    lab = _get_lab(args.lab)
+    limits = _limits(args)
+    if args.lab:
+        lab = _find_lab(args, args.lab)
+    else:
+        nb, error = nbtools.read_submission(path)
+        if nb is None:
+            raise _fail(f"{path}: {error}")
+        lab = _lab_of(args, nb, path)
     try:
-        result = grade_notebook(path, lab=lab, public_only=True, limits=_limits(args))
+        result = grade_notebook(path, lab=lab, public_only=True, limits=limits)
     except ValueError as err:
         raise _fail(str(err)) from None
     if result.status == "invalid-notebook":
         raise _fail(f"{path}: {result.message}")
-    from minilm.grading.labs import get_lab
-
-    lab = lab or get_lab(result.lab)
     summaries = []
     for q, qr in zip(lab.questions, result.questions):
         s = summarize(q, qr)
@@ -156,11 +170,10 @@ def _submissions(items: list[str]) -> list[Path]:
 def cmd_grade(args: argparse.Namespace) -> int:
     """Grade many submissions in sandboxed children and write the reports."""
     from minilm.grading.grader import check_user_can_run, grade_many
-    from minilm.grading.labs import get_lab
     from minilm.grading.report import gradescope_json, write_reports
 
     paths = _submissions(args.submissions)
-    lab = _get_lab(args.lab)
+    lab = _find_lab(args, args.lab) if args.lab else None
     if args.gradescope_results and len(paths) != 1:
         raise _fail("--gradescope-results writes one student's results: give exactly one submission")
     if args.release and not Path(args.release).exists():
@@ -178,7 +191,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         if len(found) != 1:
             raise _fail("cannot tell which lab these submissions are" if not found else
                         f"the submissions name different labs ({', '.join(sorted(found))}): pass --lab NN")
-        lab = _get_lab(found.pop())
+        lab = _find_lab(args, found.pop())
         print(f"grading as lab {lab.id} (read from the notebooks; pass --lab to say it explicitly)")
     # This process is the grader: adopt anything a student detaches, and keep our memory private.
     sandbox.become_subreaper()
@@ -186,9 +199,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     results, master = grade_many(paths, lab=lab, jobs=args.jobs, seed=args.seed, limits=limits,
                                  release=args.release, progress=not args.no_progress, sweep_orphans=True)
     sandbox.kill_children()  # nothing a student started survives to touch the reports
-    lab_id = lab.id if lab else next((r.lab for r in results if r.lab), "")
-    names = [q.name for q in get_lab(lab_id).questions] if lab_id else []
-    out = write_reports(results, args.out, lab_id, names, master, args.hidden_visibility)
+    out = write_reports(results, args.out, lab.id, [q.name for q in lab.questions], master, args.hidden_visibility)
     if args.gradescope_results:
         import json
 
@@ -216,19 +227,21 @@ if [ -z "$SUB" ]; then
   echo '{{"score": 0, "output": "No .ipynb notebook was found in your submission."}}' > /autograder/results/results.json
   exit 0
 fi
-python3 -m minilm.grading.cli grade "$SUB" --lab {lab} --out /autograder/results/minilm \\
+python3 -m minilm grade "$SUB" --lab {lab} --out /autograder/results/minilm \\
   --gradescope-results /autograder/results/results.json --no-progress{release}{run_as} \\
   --cell-timeout {cell_timeout:g} --timeout {timeout:g} --probe-timeout {probe_timeout:g} --memory-mb {memory_mb}
 """
 
 _SETUP = """#!/usr/bin/env bash
-# Gradescope setup for minilm lab {lab}: CPU-only PyTorch and the grader's dependencies.
+# Gradescope setup for minilm lab {lab}: CPU-only PyTorch, minilm's dependencies and the grader's.
 set -euo pipefail
 apt-get update && apt-get install -y python3 python3-pip
 pip3 install --index-url https://download.pytorch.org/whl/cpu "torch=={torch}"
-pip3 install "numpy=={numpy}" "nbclient=={nbclient}" "nbformat=={nbformat}" "ipykernel=={ipykernel}" \\
-  tqdm matplotlib ipywidgets
+pip3 install {pinned}
 """
+# What `import minilm` and the labs need (pyproject.toml's dependencies, torch aside) and what the
+# grader runs notebooks with, pinned to the versions installed where the folder is written.
+_PINNED = ("numpy", "scipy", "regex", "tqdm", "matplotlib", "nbclient", "nbformat", "ipykernel", "ipywidgets")
 
 
 def cmd_gradescope(args: argparse.Namespace) -> int:
@@ -237,9 +250,9 @@ def cmd_gradescope(args: argparse.Namespace) -> int:
 
     import minilm
 
-    lab = _get_lab(args.lab)
-    if lab is None:
+    if not args.lab:
         raise _fail("--lab is required")
+    lab = _find_lab(args, args.lab)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise _fail(f"{out} exists and is not empty: choose a new folder")
@@ -263,9 +276,8 @@ def cmd_gradescope(args: argparse.Namespace) -> int:
     (out / "run_autograder").write_text(_RUN_AUTOGRADER.format(
         lab=lab.id, release=release_arg, run_as=run_as, cell_timeout=args.cell_timeout, timeout=args.timeout,
         probe_timeout=args.probe_timeout, memory_mb=args.memory_mb))
-    (out / "setup.sh").write_text(_SETUP.format(
-        lab=lab.id, torch=version("torch"), numpy=version("numpy"), nbclient=version("nbclient"),
-        nbformat=version("nbformat"), ipykernel=version("ipykernel")))
+    pinned = " ".join(f'"{name}=={version(name)}"' for name in _PINNED)
+    (out / "setup.sh").write_text(_SETUP.format(lab=lab.id, torch=version("torch"), pinned=pinned))
     for name in ("run_autograder", "setup.sh"):
         mode = (out / name).stat().st_mode
         (out / name).chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -282,8 +294,12 @@ def cmd_gradescope(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``release``, ``check``, ``grade`` and ``gradescope`` on a subparsers object."""
+def add_commands(subparsers: Any, find_lab: Callable[[str], Lab]) -> None:
+    """Register ``release``, ``check``, ``grade`` and ``gradescope`` on ``subparsers``.
+
+    ``subparsers`` is what ``ArgumentParser.add_subparsers()`` returns; ``find_lab`` turns a lab id
+    into its ``Lab`` (``minilm.labs.get_lab``) and raises ``ValueError`` for an unknown id.
+    """
     p = subparsers.add_parser("release", help="build student notebooks from labs/solutions/ (with gates)",
                               description=cmd_release.__doc__)
     p.add_argument("solutions", nargs="*", help="instructor notebooks (default: labs/solutions/NN_*.ipynb)")
@@ -292,13 +308,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true", help="write nothing; fail if a committed student notebook is stale")
     p.add_argument("--execute", action="store_true", help="also execute the solution notebook: it must score full")
     _add_limits(p)
-    p.set_defaults(func=cmd_release)
+    p.set_defaults(func=cmd_release, find_lab=find_lab)
 
     p = subparsers.add_parser("check", help="run a notebook's public checks from the terminal",
                               description=cmd_check.__doc__)
     p.add_argument("notebook", help="the .ipynb to check")
     _add_limits(p)
-    p.set_defaults(func=cmd_check)
+    p.set_defaults(func=cmd_check, find_lab=find_lab)
 
     p = subparsers.add_parser("grade", help="grade submissions (sandboxed, parallel) and write reports",
                               description=cmd_grade.__doc__)
@@ -314,7 +330,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run-as", help="when run as root: the user that runs student code (e.g. nobody)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_limits(p)
-    p.set_defaults(func=cmd_grade)
+    p.set_defaults(func=cmd_grade, find_lab=find_lab)
 
     p = subparsers.add_parser("gradescope", help="write a Gradescope autograder folder for a lab",
                               description=cmd_gradescope.__doc__)
@@ -323,18 +339,5 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run-as", default="nobody", help="user that runs student code on Gradescope (default nobody; "
                    "'' to run it as root)")
     _add_limits(p)
-    p.set_defaults(func=cmd_gradescope)
+    p.set_defaults(func=cmd_gradescope, find_lab=find_lab)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m minilm.grading.cli COMMAND ...``: the grading commands on their own."""
-    parser = argparse.ArgumentParser(prog="minilm", description="minilm grading commands")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    sys.exit(main())

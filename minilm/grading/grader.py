@@ -43,9 +43,8 @@ from minilm.grading.checker import (
     score_question,
     zero_result,
 )
-from minilm.grading.labs import get_lab
 from minilm.grading.probe import probe_question
-from minilm.grading.questions import Lab
+from minilm.grading.questions import Lab, require_lab
 
 MAX_EVENT_BYTES = 80 * 2**20  # one line from the runner; beyond this the child is killed
 # Read once, before any student code runs: the probe sent to kernels is this text, not the file as
@@ -141,7 +140,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def grade_objects(
-    lab: Lab | str,
+    lab: Lab,
     namespace: Mapping[str, Any],
     seed: int = 0,
     public_only: bool = False,
@@ -155,7 +154,7 @@ def grade_objects(
     ``namespace`` score zero as "missing"; a value question's ``params`` default to the
     question's declared values when absent.
     """
-    lab = get_lab(lab) if isinstance(lab, str) else lab
+    lab = require_lab(lab)
     wanted = set(questions) if questions is not None else None
     references = references or ReferenceCache()
     results = []
@@ -302,20 +301,9 @@ def _student_name(path: Path) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem) or "submission"
 
 
-def _lab_for(nb: Any, path: Path, lab: str | Lab | None) -> Lab:
-    if isinstance(lab, Lab):
-        return lab
-    if lab is not None:
-        return get_lab(lab)
-    found = nbtools.lab_id_of(nb, path)
-    if found is None:
-        raise ValueError(f"cannot tell which lab {path.name} is: pass lab='NN' (minilm grade --lab NN)")
-    return get_lab(found)
-
-
 def grade_notebook(
     path: str | os.PathLike,
-    lab: str | Lab | None = None,
+    lab: Lab,
     seed: int | None = None,
     limits: Limits | None = None,
     public_only: bool = False,
@@ -327,35 +315,29 @@ def grade_notebook(
 ) -> GradeResult:
     """Grade one notebook file in a sandboxed child process.
 
-    ``lab``: the lab id (default: read from the notebook's metadata, its ``LAB = "NN"`` cell, or
-    its file name). ``seed``: the seed of the hidden inputs (default: drawn now, recorded in the
-    result). ``public_only``: run the public checks only (what ``minilm check`` does).
+    ``lab``: the lab's declared questions, e.g. ``minilm.labs.get_lab("03")`` (``notebook.lab_id_of``
+    reads the id a notebook names). ``seed``: the seed of the hidden inputs (default: drawn now,
+    recorded in the result). ``public_only``: run the public checks only (what ``minilm check`` does).
     ``release``: the released student notebook, to report edited locked cells against it.
     """
     t0 = time.monotonic()
     path = Path(path)
+    lab = require_lab(lab)
     limits = limits or Limits()
     student = student or _student_name(path)
     seed = secrets.randbits(63) if seed is None else int(seed)
     nb, error = nbtools.read_submission(path)
     if nb is None:
-        try:
-            lab_obj = _lab_for(None, path, lab)
-        except ValueError:
-            lab_obj = None
-        questions = []
-        if lab_obj is not None:
-            questions = [zero_result(q, "not-graded", error, []) for q in lab_obj.questions]
-        return GradeResult(student, str(path), lab_obj.id if lab_obj else "", "invalid-notebook", questions,
+        questions = [zero_result(q, "not-graded", error, []) for q in lab.questions]
+        return GradeResult(student, str(path), lab.id, "invalid-notebook", questions,
                            message=error, seed=seed, duration_s=time.monotonic() - t0)
-    lab_obj = _lab_for(nb, path, lab)
     for module in ("ipykernel", "nbclient"):
         if importlib.util.find_spec(module) is None:
             raise ValueError(f"grading notebooks needs {module}: pip install 'minilm[lab]' (or {module})")
-    result = _run_child(nb, path, lab_obj, seed, limits, public_only, student, references or ReferenceCache(), on_event,
+    result = _run_child(nb, path, lab, seed, limits, public_only, student, references or ReferenceCache(), on_event,
                         runners)
-    result.tamper.extend(nbtools.tamper_findings(nb, lab_obj, release))
-    result.answers = nbtools.answer_sources(nb, lab_obj)
+    result.tamper.extend(nbtools.tamper_findings(nb, lab, release))
+    result.answers = nbtools.answer_sources(nb, lab)
     missing = [q.name for q in result.questions if q.status == "missing"]
     if missing:
         result.tamper.append(f"questions not answered (target not defined): {', '.join(missing)}")
@@ -549,7 +531,7 @@ def _score_probe(q, checks: list[PlannedCheck], event: dict, references: Referen
 
 def grade_many(
     paths: Iterable[str | os.PathLike],
-    lab: str | Lab | None = None,
+    lab: Lab,
     jobs: int = 1,
     seed: int | None = None,
     limits: Limits | None = None,
@@ -569,20 +551,19 @@ def grade_many(
     master = secrets.randbits(63) if seed is None else int(seed)
     names = _unique_names(paths)
     references = ReferenceCache()
-    lab_obj = get_lab(lab) if isinstance(lab, str) else lab
-    if lab_obj is not None:  # warm up: import everything the parent needs before any student code runs
-        plan_checks(lab_obj.questions[0], 0, True)
+    lab = require_lab(lab)
+    plan_checks(lab.questions[0], 0, True)  # import all the parent needs before any student code runs
 
     runners = Runners()
 
     def one(i: int) -> GradeResult:
         try:
-            return grade_notebook(paths[i], lab_obj, derive_seed(master, names[i]), limits, release=release,
+            return grade_notebook(paths[i], lab, derive_seed(master, names[i]), limits, release=release,
                                   student=names[i], references=references, runners=runners)
-        except ValueError as err:  # e.g. the lab cannot be told: a per-submission failure
-            return GradeResult(names[i], str(paths[i]), "", "invalid-notebook", [], message=str(err))
+        except ValueError as err:  # a per-submission failure
+            return GradeResult(names[i], str(paths[i]), lab.id, "invalid-notebook", [], message=str(err))
         except Exception as err:  # noqa: BLE001 - a grader bug must not stop the class
-            return GradeResult(names[i], str(paths[i]), "", "crashed", [],
+            return GradeResult(names[i], str(paths[i]), lab.id, "crashed", [],
                                message=f"internal grader error: {type(err).__name__}: {err}")
         finally:
             if sweep_orphans:

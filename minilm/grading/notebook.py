@@ -238,10 +238,29 @@ def read_submission(path: str | os.PathLike) -> tuple[Any, str]:
     return nb, ""
 
 
+# Notebooks handed out before the course moved to its own package import the self-check from
+# minilm.grading and lab helpers from minilm.grading.labs.labNN. The copy the grader runs imports
+# them from where they live now (minilm.labs), so a submission made from an old notebook grades
+# as it did; what is checked for tampering and duplicates is the submission as handed in.
+_MOVED_IMPORTS = (
+    (re.compile(r"^([ \t]*)from minilm\.grading import check, check_all(?=[ \t]*(?:#|$))", re.MULTILINE),
+     r"\1from minilm.labs import check, check_all"),
+    (re.compile(r"^([ \t]*)from minilm\.grading\.labs\.(\w+) import ", re.MULTILINE), r"\1from minilm.labs.\2 import "),
+)
+
+
+def current_imports(source: str) -> str:
+    """``source`` with imports from the course's old module paths pointing at the new ones."""
+    for pattern, replacement in _MOVED_IMPORTS:
+        source = pattern.sub(replacement, source)
+    return source
+
+
 def write_for_execution(nb: Any, path: str) -> None:
-    """The copy the child runs: code cells only, no outputs, in the python3 kernel."""
+    """The copy the child runs: code cells only (imports of moved modules updated), no outputs."""
     nbformat = _nbformat()
-    cells = [nbformat.v4.new_code_cell(c["source"]) for c in nb["cells"] if c.get("cell_type") == "code"]
+    cells = [nbformat.v4.new_code_cell(current_imports(c["source"])) for c in nb["cells"]
+             if c.get("cell_type") == "code"]
     clean = nbformat.v4.new_notebook(cells=cells)
     clean.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(clean, path)

@@ -1,7 +1,8 @@
 """Declaring a lab's graded questions.
 
-Each lab declares its questions in ``minilm/grading/labs/labNN.py`` as a module-level ``LAB``
-(the demo lab in ``labs/demo.py`` is a complete, tested example)::
+Each lab declares its questions in ``minilm/labs/labNN.py`` as a module-level ``LAB`` (the demo
+lab ``minilm/labs/demo.py`` is a complete, tested example); the engine is handed that ``Lab`` and
+never looks a lab up by its id::
 
     import numpy as np
     from minilm.grading.questions import Case, Hidden, Lab, choice_question, function_question, value_question
@@ -287,3 +288,15 @@ class Lab:
                 return q
         names = [q.name for q in self.questions]
         raise ValueError(f"lab {self.id} has no question {name!r}; its questions are {names}")
+
+
+def require_lab(lab: object) -> Lab:
+    """``lab`` itself when it is a ``Lab``; a ``ValueError`` saying how to get one otherwise.
+
+    The engine knows no lab by name (the course package ``minilm.labs`` does), so it takes the
+    declared ``Lab``, never an id like ``"03"``.
+    """
+    if isinstance(lab, Lab):
+        return lab
+    hint = f"minilm.labs.get_lab({lab!r})" if isinstance(lab, (str, int)) else "minilm.labs.get_lab('03')"
+    raise ValueError(f"expected a Lab (the declared questions), got {lab!r}: look a lab up by its id with {hint}")

@@ -27,8 +27,7 @@ import numpy as np
 
 from minilm.grading import notebook as nbtools
 from minilm.grading.grader import grade_objects, reference_namespace
-from minilm.grading.labs import get_lab
-from minilm.grading.questions import Lab
+from minilm.grading.questions import Lab, require_lab
 
 GATE_SEEDS = (0, 1, 2, 3, 4)
 
@@ -135,23 +134,25 @@ def _check_release(lab: Lab, solution: Any, student: Any, seeds: tuple[int, ...]
 def release_lab(
     solution_path: str | os.PathLike,
     out_path: str | os.PathLike | None = None,
-    lab: str | Lab | None = None,
+    *,
+    lab: Lab,
     check: bool = True,
     seeds: tuple[int, ...] = GATE_SEEDS,
 ) -> GateReport:
     """Build the student notebook from ``solution_path`` and write it, if the gates pass.
 
-    ``out_path`` defaults to the solution's grandparent folder (``labs/solutions/X.ipynb`` ->
-    ``labs/X.ipynb``). Raises ``ReleaseError`` (nothing written) when a gate fails.
+    ``lab`` is the lab's declared questions (``minilm.labs.get_lab(id)``). ``out_path`` defaults
+    to the solution's grandparent folder (``labs/solutions/X.ipynb`` -> ``labs/X.ipynb``). Raises
+    ``ReleaseError`` (nothing written) when a gate fails.
     """
+    lab_obj = require_lab(lab)
     solution_path = Path(solution_path)
     if not solution_path.exists():
         raise ValueError(f"{solution_path} does not exist")
     solution = nbtools.read_notebook(solution_path)
-    lab_id = lab if lab is not None else nbtools.lab_id_of(solution, solution_path)
-    if lab_id is None:
-        raise ValueError(f"cannot tell which lab {solution_path.name} is: name it NN_topic.ipynb or pass --lab NN")
-    lab_obj = lab_id if isinstance(lab_id, Lab) else get_lab(lab_id)
+    named = nbtools.lab_id_of(solution, solution_path)
+    if named is not None and named != lab_obj.id:
+        raise ValueError(f"{solution_path.name} is lab {named}, not lab {lab_obj.id}: pass that lab's questions")
     text = nbtools.release_text(solution_path, lab_obj.id)
     out_path = Path(out_path) if out_path is not None else solution_path.parent.parent / solution_path.name
     report = GateReport(lab_obj.id)

@@ -15,6 +15,7 @@ replayed, so a timeout or crash costs only the question it touches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,8 +83,8 @@ class _QuietClient(NotebookClient):
     def handle_comm_msg(self, outs, msg, cell_index):  # widgets: not needed to grade
         return None
 
-    def _update_display_id(self, display_id, msg):
-        return None
+    # Display updates (update_display_data) need no hook of their own: nbclient applies them only to
+    # outputs that ``output`` recorded under a display id, and the ``output`` above records none.
 
 
 class Runner:
@@ -98,6 +99,7 @@ class Runner:
         self.status: dict[int, dict] = {}
         self.restarts = 0
         self.client: _QuietClient | None = None
+        self.kernel_scope = contextlib.ExitStack()  # holds nbclient's setup_kernel() while a kernel runs
         self.start = time.monotonic()
         n_q = int(config.get("n_questions", 10))
         self.exec_deadline = self.start + config["timeout"]
@@ -114,9 +116,10 @@ class Runner:
             allow_errors=True, shutdown_kernel="immediate", startup_timeout=120,
             iopub_timeout=10, timeout=None,  # time limits: the watchdog in _run
         )
-        client.km = client.create_kernel_manager()
-        client.start_new_kernel(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client.start_new_kernel_client()
+        # nbclient's public context manager starts the kernel and its client; closing the scope shuts
+        # both down and cleans up (connection files, channels), as leaving a ``with`` block would.
+        self.kernel_scope.enter_context(client.setup_kernel(
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.client = client
         pid = getattr(client.km.provisioner, "pid", None)
         self.emit({"event": "kernel", "pid": pid})
@@ -124,7 +127,7 @@ class Runner:
     def _stop_kernel(self) -> None:
         if self.client is not None:
             try:
-                self.client._cleanup_kernel()
+                self.kernel_scope.close()
             except Exception:  # noqa: BLE001 - a dead or wedged kernel: the kill below handles it
                 pass
             self.client = None

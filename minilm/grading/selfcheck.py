@@ -1,24 +1,22 @@
-"""The in-notebook self-check: ``check("q1")`` and ``check_all()``.
+"""The self-check a notebook runs: the public checks of a question on the notebook's own objects.
 
-They run the *public* checks on the student's objects, with the same probe and comparison code
-the grader uses, and say honestly what they did and did not check::
+``self_check(lab, "q1", namespace)`` runs them, with the same probe and comparison code the grader
+uses, and says honestly what it did and did not check::
 
     q1: 2/2 public checks passed; 3 hidden checks run at grading.
 
-Hidden inputs and expected answers are never shown. The lab is read from a ``LAB = "NN"``
-variable in the notebook, or given as ``check("q1", lab="00")``.
+Hidden inputs and expected answers are never shown. Notebooks call it through ``check("q1")`` and
+``check_all()`` of ``minilm.labs``, which finds the lab named by the notebook's ``LAB = "NN"``.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from minilm.grading.checker import QuestionResult, plan_checks, probe_request, score_question
-from minilm.grading.labs import get_lab
 from minilm.grading.probe import probe_question
-from minilm.grading.questions import Lab, Question
+from minilm.grading.questions import Lab, Question, require_lab
 
 
 @dataclass
@@ -40,24 +38,13 @@ class SelfCheck:
         return "\n".join(self.lines)
 
 
-def _lab_from(lab: str | Lab | None, namespace: dict) -> Lab:
-    if isinstance(lab, Lab):
-        return lab
-    if lab is None:
-        lab = namespace.get("LAB")
-        if lab is None:
-            raise ValueError('which lab is this? Set LAB = "00" (the lab number) in the notebook, '
-                             'or call check("q1", lab="00")')
-    return get_lab(lab)
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def self_check(lab: str | Lab | None, question: str | Question, namespace: dict[str, Any]) -> SelfCheck:
+def self_check(lab: Lab, question: str | Question, namespace: dict[str, Any]) -> SelfCheck:
     """Run ``question``'s public checks on the objects in ``namespace``; nothing is printed."""
-    lab = _lab_from(lab, namespace)
+    lab = require_lab(lab)
     q = question if isinstance(question, Question) else lab.question(question)
     checks = plan_checks(q, seed=0, public_only=True)
     reply = probe_question(probe_request(q, checks), namespace)
@@ -113,24 +100,18 @@ def total_line(lab: Lab, results: list[SelfCheck]) -> str:
     )
 
 
-def check(question: str, lab: str | None = None) -> None:
-    """Run the public checks of ``question`` on this notebook's objects and print what happened."""
-    namespace = sys._getframe(1).f_globals
-    print(self_check(lab, question, namespace).text)
-
-
-def check_all(lab: str | None = None) -> None:
-    """Self-check every question and print a total of what the public checks can tell."""
-    namespace = sys._getframe(1).f_globals
-    lab_obj = _lab_from(lab, namespace)
-    print(f"Lab {lab_obj.id}: {lab_obj.title}")
+def check_report(lab: Lab, namespace: dict[str, Any]) -> str:
+    """Every question's self-check, with its points, and the honest total (what ``check_all`` prints)."""
+    lab = require_lab(lab)
+    lines = [f"Lab {lab.id}: {lab.title}"]
     results = []
-    for q in lab_obj.questions:
+    for q in lab.questions:
         try:
-            result = self_check(lab_obj, q, namespace)
+            result = self_check(lab, q, namespace)
         except Exception as err:  # noqa: BLE001 - one broken answer must not hide the others
-            print(f"[{q.points:g} pts] {q.name}: could not be checked: {type(err).__name__}: {err}")
+            lines.append(f"[{q.points:g} pts] {q.name}: could not be checked: {type(err).__name__}: {err}")
             continue
         results.append(result)
-        print(f"[{q.points:g} pts] " + result.text)
-    print(total_line(lab_obj, results))
+        lines.append(f"[{q.points:g} pts] " + result.text)
+    lines.append(total_line(lab, results))
+    return "\n".join(lines)

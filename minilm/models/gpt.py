@@ -11,18 +11,27 @@ Conventions that differ between references are explicit here:
     eq. 34); ``rope_pairing="half"`` gives the GPT-NeoX / Hugging Face Llama pairing (x[i], x[i+d/2]).
   - Attention masks are boolean with ``True = may attend`` (PyTorch's SDPA polarity).
   - Linear weights are stored (out_features, in_features), PyTorch's layout.
+
+This file is the reference: RMSNorm, RoPE, SwiGLU and attention written as their papers'
+formulas and differentiated by autograd. The same layers with hand-derived backward passes live
+in ``minilm.kernels``; ``GPTConfig.kernels`` picks one or the other (in ``_kernels``, the only
+place that reads it), and ``tests/test_kernels.py`` holds the two equal.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minilm import kernels as fast_kernels
 from minilm.models.base import LanguageModel
+from minilm.models.kv_cache import KVCache
 
 
 @dataclass
@@ -42,6 +51,7 @@ class GPTConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     init_std: float = 0.02
+    kernels: str = "fast"  # "fast" (minilm.kernels, hand-derived backwards) or "reference" (this file)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
@@ -70,6 +80,11 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.kernels not in ("fast", "reference"):
+            raise ValueError(
+                f"GPTConfig.kernels must be 'fast' (minilm.kernels) or 'reference' (the formulas of "
+                f"minilm.models.gpt), got {self.kernels!r}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -77,46 +92,31 @@ class GPTConfig:
 
 
 # ------------------------------------------------------------------------------------ RMSNorm
-class RMSNorm(nn.Module):
-    """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * g. No mean, no bias."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """RMSNorm (Zhang & Sennrich 2019, eq. 4): y = x / sqrt(mean(x^2) + eps) * g. No mean, no bias.
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    x: (..., C), weight g: (C,); the mean is over the C features of each row.
+    """
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32, even under bf16
+    rms = torch.sqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)  # (..., 1)
+    return (xf / rms * weight).type_as(x)  # (..., C)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned gain g (C,), initialised to 1.
+
+    ``kernel`` computes it: ``rms_norm`` above (the default), or a function with the same
+    signature and math, e.g. ``minilm.kernels.rms_norm``.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, kernel: Callable[..., torch.Tensor] = rms_norm):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.kernel = kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in float32 even under bf16 autocast. The formula, written with autograd, is
-        # x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps) * g; the function
-        # below computes the same with its backward derived by hand, which is faster.
-        return _RMSNormFunction.apply(x.float(), self.weight, self.eps).type_as(x)
-
-
-class _RMSNormFunction(torch.autograd.Function):
-    """y = x * r * g with r = 1 / sqrt(mean(x^2) + eps), and its backward derived by hand.
-
-    With x_hat = x * r and a = dy * g (C features, means over the feature dimension):
-        dg = sum over rows of dy * x_hat
-        dx = r * (a - x_hat * mean(a * x_hat))
-    Autograd through the formula makes about ten passes over x; this makes six, and a whole
-    norm (forward and backward) runs ~1.5x faster on a CPU. Checked against autograd in tests.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.size(-1)  # mean(x^2)
-        r = torch.rsqrt(ms + eps)  # (..., 1)
-        x_hat = x * r
-        ctx.save_for_backward(x_hat, r, weight)
-        return x_hat * weight
-
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x_hat, r, weight = ctx.saved_tensors
-        dweight = (dy * x_hat).flatten(0, -2).sum(0)
-        a = dy * weight
-        dx = (a - x_hat * (a * x_hat).mean(dim=-1, keepdim=True)) * r
-        return dx, dweight.to(weight.dtype), None
+        return self.kernel(x, self.weight, self.eps)  # (..., C)
 
 
 # --------------------------------------------------------------------------------------- RoPE
@@ -145,83 +145,30 @@ def apply_rope(
     """
     if pairing not in ("interleaved", "half"):
         raise ValueError(f"pairing must be 'interleaved' or 'half', got {pairing!r}")
-    if pairing == "interleaved" and x.device.type != "mps":
-        # The pair (a, b) is the complex number a + ib, and rotating it by an angle is multiplying
-        # by e^(i angle) = cos + i sin (RoFormer eq. 34). One complex multiply replaces the eight
-        # elementwise ops of the real form below: ~3x faster, forward and backward, on a CPU.
-        # (MPS supports complex numbers only partly, so it takes the real form.)
-        pairs = x.float().unflatten(-1, (-1, 2))  # (..., T, d/2, 2), a view when strides allow
-        if pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-2]):
-            pairs = pairs.contiguous()  # view_as_complex needs even strides and offset
-        z = torch.view_as_complex(pairs) * torch.complex(cos, sin)  # (..., T, d/2)
-        return torch.view_as_real(z).flatten(-2).type_as(x)
     if pairing == "interleaved":
-        a, b = x[..., 0::2], x[..., 1::2]
+        a, b = x[..., 0::2], x[..., 1::2]  # (..., T, d/2) each: the pairs (x[2i], x[2i+1])
     else:
-        a, b = x.chunk(2, dim=-1)
-    ra = a * cos - b * sin
-    rb = a * sin + b * cos
+        a, b = x.chunk(2, dim=-1)  # (..., T, d/2) each: the pairs (x[i], x[i + d/2])
+    # RoFormer eq. 34: each pair is rotated by its angle m * theta_i.
+    ra = a * cos - b * sin  # (..., T, d/2)
+    rb = a * sin + b * cos  # (..., T, d/2)
     if pairing == "interleaved":
-        return torch.stack([ra, rb], dim=-1).flatten(-2).type_as(x)
-    return torch.cat([ra, rb], dim=-1).type_as(x)
+        return torch.stack([ra, rb], dim=-1).flatten(-2).type_as(x)  # (..., T, d): a0 b0 a1 b1 ...
+    return torch.cat([ra, rb], dim=-1).type_as(x)  # (..., T, d): a0 a1 ... b0 b1 ...
 
 
-# ----------------------------------------------------------------------------------- KV cache
-class KVCache:
-    """Keys and values of past tokens for incremental decoding; this one keeps everything.
+# ------------------------------------------------------------------------------- kernel choice
+class _Kernels(NamedTuple):
+    rms_norm: Callable[..., torch.Tensor]  # (x, weight, eps) -> y
+    apply_rope: Callable[..., torch.Tensor]  # (x, cos, sin, pairing) -> rotated x
 
-    Keys are stored *before* the rotary embedding, with the absolute position of each token, so
-    subclasses can evict tokens and choose which positions RoPE sees (StreamingLLM assigns
-    positions inside the cache; see ``minilm.attention``).
-    """
 
-    def __init__(self, n_layers: int):
-        self.k: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, L, hd)
-        self.v: list[torch.Tensor | None] = [None] * n_layers
-        self.pos: torch.Tensor | None = None  # (L,) absolute positions of the cached tokens
-        self.seen = 0  # tokens processed so far (the next token's absolute position)
-
-    def __len__(self) -> int:
-        return 0 if self.pos is None else int(self.pos.numel())
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the new keys/values (B, H, T, hd) of ``layer``; return all cached ones."""
-        if self.k[layer] is not None:
-            k = torch.cat([self.k[layer], k], dim=2)
-            v = torch.cat([self.v[layer], v], dim=2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
-
-    def new_positions(self, T: int, device: torch.device) -> torch.Tensor:
-        """Absolute positions (T,) of the next T tokens."""
-        return torch.arange(self.seen, self.seen + T, device=device)
-
-    def key_positions(self, new_pos: torch.Tensor) -> torch.Tensor:
-        """Absolute positions of all keys once ``new_pos`` is appended."""
-        return new_pos if self.pos is None else torch.cat([self.pos, new_pos])
-
-    def rope_positions(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions RoPE uses for queries and keys; the plain cache uses the absolute ones."""
-        return q_pos, k_pos
-
-    def commit(self, new_pos: torch.Tensor) -> None:
-        """Called once all layers have seen the new tokens: record them, then evict (no-op here)."""
-        self.pos = self.key_positions(new_pos)
-        self.seen += int(new_pos.numel())
-        self.evict()
-
-    def evict(self) -> None:
-        """Drop tokens according to a policy; the base cache keeps all of them."""
-
-    def _keep(self, index: torch.Tensor) -> None:
-        """Keep only cached tokens at ``index`` (L',) in every layer (helper for subclasses)."""
-        self.k = [None if k is None else k[:, :, index] for k in self.k]
-        self.v = [None if v is None else v[:, :, index] for v in self.v]
-        self.pos = self.pos[index]
-
-    def nbytes(self) -> int:
-        """Memory held by the cached keys and values, in bytes."""
-        return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
+def _kernels(cfg: GPTConfig) -> _Kernels:
+    """The functions the layers call, picked once when a layer is built: the only reader of
+    ``cfg.kernels``. "reference": the formulas of this file; "fast": ``minilm.kernels``."""
+    if cfg.kernels == "fast":
+        return _Kernels(fast_kernels.rms_norm, fast_kernels.apply_rope)
+    return _Kernels(rms_norm, apply_rope)
 
 
 # ---------------------------------------------------------------------------------- attention
@@ -231,16 +178,20 @@ def causal_mask(T: int, device: torch.device | None = None) -> torch.Tensor:
 
 
 def explicit_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, dropout_p: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T / sqrt(d) with disallowed pairs at -inf) v, written out step by step.
 
     q: (B, H, Tq, d), k and v: (B, H, Tk, d), allowed: (Tq, Tk) bool, True = may attend.
-    Returns the output (B, H, Tq, d) and the attention weights (B, H, Tq, Tk).
+    dropout_p: zero each attention probability with this probability and scale the others by
+    1 / (1 - p) (inverted dropout on the weights, as SDPA does). Returns the output (B, H, Tq, d)
+    and the attention weights (B, H, Tq, Tk) that multiplied v (after dropout, if any).
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
     scores = scores.masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores.float(), dim=-1).type_as(q)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, dropout_p)
     return weights @ v, weights
 
 
@@ -254,7 +205,7 @@ class CausalSelfAttention(nn.Module):
         # q, k and v projections in one (3C, C) matrix: one matmul instead of three (as nanoGPT).
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.rope = _kernels(cfg).apply_rope
 
     def forward(
         self,
@@ -276,24 +227,33 @@ class CausalSelfAttention(nn.Module):
         # Rotate while the heads are still side by side: the angles (T, hd/2) broadcast over heads
         # as (T, 1, hd/2), and the gradients flow back in qkv's own layout (faster than rotating
         # the transposed (B, H, T, hd) views).
-        q = apply_rope(q, rope_q[0][:, None], rope_q[1][:, None], pairing).transpose(1, 2)  # (B, H, T, hd)
+        q = self.rope(q, rope_q[0][:, None], rope_q[1][:, None], pairing).transpose(1, 2)  # (B, H, T, hd)
         v = v.transpose(1, 2)
         if cache is None:
-            k = apply_rope(k, rope_k[0][:, None], rope_k[1][:, None], pairing).transpose(1, 2)
-        else:  # keys are cached before rotation (a cache may move them), then all are rotated
-            k, v = cache.update(self.layer, k.transpose(1, 2), v)  # (B, H, Tk, hd)
-            k = apply_rope(k, *rope_k, pairing)
+            k = self.rope(k, rope_k[0][:, None], rope_k[1][:, None], pairing).transpose(1, 2)
+        else:  # the cache stores the new keys and values and returns all of them, keys rotated (at rope_k)
+            k, v = cache.update(self.layer, k.transpose(1, 2), v, lambda x: self.rope(x, *rope_k, pairing))
 
-        weights = None
-        if self.cfg.attn_impl == "explicit" or need_weights:
-            mask = allowed if allowed is not None else causal_mask(T, x.device)
-            y, weights = explicit_attention(q, k, v, mask)
-            y = self.dropout(y)
-        else:
-            p = self.cfg.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, is_causal=allowed is None)
+        y, weights = self.attend(q, k, v, allowed, need_weights)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.wo(y), weights
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softmax(q k^T / sqrt(hd)) v: q (B, H, T, hd), k and v (B, H, Tk, hd) -> (B, H, T, hd).
+
+        Explicit (returns the weights) or SDPA (fused, no weights) as ``cfg.attn_impl`` says. In
+        training mode both drop attention probabilities with p = ``cfg.dropout`` (inverted
+        dropout, as nanoGPT does); in eval mode both are exact.
+        """
+        p = self.cfg.dropout if self.training else 0.0
+        if self.cfg.attn_impl == "explicit" or need_weights:
+            mask = allowed if allowed is not None else causal_mask(q.size(-2), q.device)
+            return explicit_attention(q, k, v, mask, dropout_p=p)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, is_causal=allowed is None)
+        return y, None
 
 
 class SwiGLU(nn.Module):
@@ -313,9 +273,10 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        norm = _kernels(cfg).rms_norm
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, kernel=norm)
         self.attn = CausalSelfAttention(cfg, layer)
-        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, kernel=norm)
         self.ffn = SwiGLU(cfg)
 
     def forward(self, x, rope_q, rope_k, allowed, cache=None, need_weights=False):
@@ -340,7 +301,7 @@ class GPT(LanguageModel):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.norm = RMSNorm(config.d_model, config.norm_eps, kernel=_kernels(config).rms_norm)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.tok_emb.weight
@@ -386,12 +347,11 @@ class GPT(LanguageModel):
             q_pos = torch.arange(T, device=idx.device)
             rope_q = rope_k = rope_angles(q_pos, hd, base)
         else:
-            q_pos = cache.new_positions(T, idx.device)
-            k_pos = cache.key_positions(q_pos)
-            rq, rk = cache.rope_positions(q_pos, k_pos)
+            cache.begin(T, idx.device)  # make room for T new tokens
+            rq, rk = cache.rope_positions()  # RoPE positions of the queries, and of the keys to rotate
             rope_q, rope_k = rope_angles(rq, hd, base), rope_angles(rk, hd, base)
             if attn_mask is None:  # causality by absolute position, also for an evicting cache
-                attn_mask = k_pos[None, :] <= q_pos[:, None]  # (T, Tk)
+                attn_mask = cache.causal_mask()  # (T, Tk)
         if attn_mask is not None:
             attn_mask = attn_mask.to(device=idx.device, dtype=torch.bool)
         x = self.drop(self.tok_emb(idx))  # (B, T, C)
@@ -400,7 +360,7 @@ class GPT(LanguageModel):
             x, w = block(x, rope_q, rope_k, attn_mask, cache, need_weights)
             weights.append(w)
         if cache is not None:
-            cache.commit(q_pos)
+            cache.commit()
         logits = self.head(self.norm(x))  # (B, T, V)
         return (logits, weights) if need_weights else logits
 
@@ -409,7 +369,7 @@ class GPT(LanguageModel):
         # Past the context length the cache is restarted on the last context_length tokens
         # (the same window the model was trained on).
         if state is None or len(state) >= self.config.context_length:
-            state = KVCache(self.config.n_layers)
+            state = KVCache(self.config.n_layers, max_length=self.config.context_length)
             logits = self(idx[:, -self.config.context_length :], cache=state)
         else:
             logits = self(idx[:, -1:], cache=state)

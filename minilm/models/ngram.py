@@ -1,24 +1,34 @@
 """n-gram language models in numpy: maximum likelihood, add-k and (modified) Kneser–Ney.
 
-An n-gram model predicts a token from the previous n - 1 tokens only:
+An n-gram model predicts a token from the previous n - 1 tokens only: P(w | h), h = the last
+n - 1 tokens (the "context"). Smoothing methods (``smoothing=``), following Chen & Goodman (1998),
+"An Empirical Study of Smoothing Techniques for Language Modeling" (CG98):
 
-    P(w | h),  h = the last n - 1 tokens (the "context")
-
-Smoothing methods (``smoothing=``), following Chen & Goodman (1998), "An Empirical Study of
-Smoothing Techniques for Language Modeling" (CG98):
-
-  "mle"   c(h w) / c(h). For a context never seen in training the MLE is undefined; we then use
-          the MLE of the longest suffix of h that was seen (down to the unigram).
-  "addk"  (c(h w) + k) / (c(h) + k |V|)   (add-one / Laplace for k = 1; CG98 §2.1).
-  "kn"    interpolated Kneser–Ney with one absolute discount D per order (default 0.75):
-              P(w | h) = max(a(h w) - D, 0) / a(h .)  +  D N1+(h .) / a(h .) * P(w | h')
+  "mle"   c(h w) / c(h .). For a context never seen in training the MLE is undefined; we then
+          use the MLE of the longest suffix of h that was seen (down to the unigram).
+  "addk"  (c(h w) + k) / (c(h .) + k |V|)   (add-one / Laplace for k = 1; CG98 §2.1).
+  "kn"    interpolated Kneser–Ney, one absolute discount D per order (default 0.75):
+              P(w | h) = (a(h w) - D(a(h w))) / a(h .)  +  gamma(h) P(w | h')
+              gamma(h) = sum_w D(a(h w)) / a(h .)       (CG98 eq. 19; D(0) = 0)
           h' drops the oldest token of h. a = raw counts at the highest order and *continuation*
-          counts N1+(. h w) (how many different tokens precede h w) at the lower orders (CG98 eq. 19
-          and §3.5). The recursion ends in the uniform distribution 1 / |V|. A context never seen
-          at an order passes the lower order's distribution through unchanged.
-  "mkn"   modified Kneser–Ney: three discounts D1, D2, D3+ for n-grams seen once, twice and more
-          (CG98 eq. 26 estimates them from the count-of-counts n_r:
-          Y = n1 / (n1 + 2 n2), D1 = 1 - 2Y n2/n1, D2 = 2 - 3Y n3/n2, D3+ = 3 - 4Y n4/n3).
+          counts N1+(. h w) (how many different tokens precede h w) at the lower orders (CG98
+          §3; KenLM's "adjusted counts", Heafield et al. 2013 §3.2). The recursion ends in the
+          uniform distribution 1 / |V|; a context never seen at an order passes the lower order's
+          distribution through unchanged.
+  "mkn"   modified Kneser–Ney: D(a) is one of three discounts D1, D2, D3+ for n-grams with
+          a = 1, 2 and 3 or more (CG98 §3). Estimated per order from the count-of-counts n_r
+          (CG98 eq. 26): Y = n1 / (n1 + 2 n2), D_r = r - (r + 1) Y n_{r+1} / n_r.
+
+The recursion is written once, plainly, in ``interpolated_prob`` (the reference, what a student
+reads); ``minilm.models.ngram_fast`` evaluates it for many contexts at once with numpy, which
+is what ``NGramModel`` uses unless built with ``fast=False``. Tests hold the two equal.
+
+Valid discounts: a discount must lie in (0, r]. An estimated D_r <= 0 gives gamma(h) = 0 for
+every context whose continuations all have count r: unseen continuations then get probability 0
+and perplexity is infinite. Small or skewed data produce such estimates (or zero count-of-counts,
+where they are undefined); the order then falls back, as KenLM's ``lmplz --discount_fallback``
+does, to (D1, D2, D3+) = (0.5, 1, 1.5) (0.75 for "kn" with ``discount="estimate"``), with a
+warning. So every Kneser–Ney model gives every in-vocabulary sequence a finite perplexity.
 
 Every conditional distribution sums to 1 over the outcomes: the tokens 0..V-1, plus the end
 symbol EOS when documents are padded, plus UNK when unknown tokens are mapped.
@@ -32,43 +42,122 @@ Unknown tokens (``unk=``): "error" rejects ids outside 0..V-1 with a ValueError;
 to the UNK symbol, which is then an ordinary outcome (smoothing gives it probability even if
 training never showed one).
 
-Speed: n-grams are encoded as int64 numbers (base-S digits, S = V + 3 symbols), counted with
-``np.unique`` and looked up with ``np.searchsorted`` -- no Python loop over tokens, so fitting
-and scoring a trigram on a million tokens takes about a second.
+Counting: n-grams are encoded as int64 numbers (base-S digits, S = V + 3 symbols) and counted
+with ``np.unique`` -- no Python loop over tokens, so fitting and scoring a trigram on a million
+tokens takes about a second.
 
 ``NGramLM`` wraps a model behind the shared ``LanguageModel`` interface (``fit`` then ``forward``
 returns log-probabilities as logits), so the trainer, the CLI and the labs can use it like GPT.
+(One idea, the n-gram model, with its reference and its wrapper: hence a module above 400 lines.)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from minilm.atomic import atomic_open
+from minilm.models import ngram_fast
 from minilm.models.base import LanguageModel
 
 SMOOTHINGS = ("mle", "addk", "kn", "mkn")
+KENLM_FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # (D1, D2, D3+) of KenLM's lmplz --discount_fallback
+KN_FALLBACK_DISCOUNT = 0.75  # "kn" with discount="estimate" where n1 / (n1 + 2 n2) is not valid
 
 
-@dataclass
-class _OrderTable:
-    """Everything stored for one order m: the m-grams and their contexts (the first m-1 tokens)."""
+def estimate_discounts(a: np.ndarray, smoothing: str, order: int) -> tuple[float, float, float]:
+    """(D1, D2, D3+) of one order from the count-of-counts n_r = #{n-grams with a = r} of its counts a.
 
-    keys: np.ndarray  # (G,) sorted int64 codes of the m-grams with a > 0
-    counts: np.ndarray  # (G,) int64 a: raw counts, or continuation counts (KN lower orders)
-    ctx_keys: np.ndarray | None = None  # (H,) sorted codes of the contexts
-    ctx_start: np.ndarray | None = None  # (H,) where each context's m-grams start in keys
-    ctx_total: np.ndarray | None = None  # (H,) a(h .) = sum of counts after the context
-    ctx_gamma: np.ndarray | None = None  # (H,) discount mass sum_w D(a(h w))
-    adjusted: np.ndarray | None = None  # (G,) a - D(a): the discounted counts
-    discounts: tuple = (0.0, 0.0, 0.0)  # D1, D2, D3+ used at this order
+    "kn": one D = n1 / (n1 + 2 n2) (Ney et al. 1994) for every count. "mkn": CG98 eq. 26. An
+    estimate that is undefined (n_r = 0) or outside (0, r] is replaced for the whole order by the
+    fallback (KenLM's for "mkn"), with a warning naming the order and the estimates.
+    """
+    n = {r: int(np.sum(a == r)) for r in (1, 2, 3, 4)}
+    y = n[1] / (n[1] + 2 * n[2]) if n[1] + n[2] else None  # None: undefined
+    if smoothing == "kn":
+        est, fallback, names = [y] * 3, (KN_FALLBACK_DISCOUNT,) * 3, ["D"]
+        source = "this library's default discount"
+    else:  # D_r = r - (r + 1) Y n_{r+1} / n_r, CG98 eq. 26
+        est = [r - (r + 1) * y * n[r + 1] / n[r] if y is not None and n[r] else None for r in (1, 2, 3)]
+        fallback, names = KENLM_FALLBACK_DISCOUNTS, ["D1", "D2", "D3+"]
+        source = "KenLM's lmplz --discount_fallback"
+    if all(d is not None and 0 < d <= r for r, d in zip((1, 2, 3), est)):
+        return tuple(float(d) for d in est)
+    shown = ", ".join(f"{name} = {'undefined' if d is None else f'{d:.4g}'}" for name, d in zip(names, est))
+    used = ", ".join(f"{name} = {d:g}" for name, d in zip(names, fallback))
+    warnings.warn(
+        f"{'modified ' if smoothing == 'mkn' else ''}Kneser-Ney, order {order}: the discounts estimated "
+        f"from the count-of-counts (n1, n2, n3, n4) = ({n[1]}, {n[2]}, {n[3]}, {n[4]}) are {shown}, not all "
+        f"in the valid range 0 < D_r <= r (small or skewed data); using {used} ({source}) for this order "
+        "instead. Pass discount=... to choose the discounts yourself.",
+        stacklevel=_caller_stacklevel(),
+    )
+    return fallback
 
 
+# ------------------------------------------------------------------ the plain reference
+def interpolated_prob(counts: list[dict], discounts: list[tuple], h: tuple, w: int, n_outcomes: int) -> float:
+    """P(w | h) by interpolated (modified) Kneser–Ney, one probability at a time (the reference).
+
+    counts[m-1] = {context h of m-1 symbols: {w: a(h w)}} for the orders m = 1..n, a the raw
+    counts at the top order and the continuation counts below; discounts[m-1] = (D1, D2, D3+) of
+    order m; h = the last m-1 symbols (m <= n), oldest first. With D = (0, 0, 0) this is the
+    maximum likelihood of the longest context seen ("mle").
+
+        P_m(w | h) = (a(h w) - D(a(h w))) / a(h .) + gamma(h) P_{m-1}(w | h')    CG98 eq. 19, §3
+        gamma(h)   = (D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)) / a(h .)          CG98 §3
+        P_0(w)     = 1 / n_outcomes                                                (uniform)
+
+    N_r(h .) is the number of w with a(h w) = r (r or more for 3+); this is Heafield et al.
+    (2013) §3.3-3.5 with the unigrams interpolated with the uniform distribution.
+    """
+    m = len(h) + 1
+    lower = 1.0 / n_outcomes if m == 1 else interpolated_prob(counts, discounts, h[1:], w, n_outcomes)
+    after_h = counts[m - 1].get(h)  # {w': a(h w')}; None: h was never seen at this order
+    if after_h is None:
+        return lower  # nothing to discount: the lower order passes through
+    D = discounts[m - 1]
+    total = sum(after_h.values())
+    gamma = sum(_discount(D, a) for a in after_h.values()) / total
+    a = after_h.get(w, 0)
+    return (a - _discount(D, a)) / total + gamma * lower
+
+
+def addk_prob(counts: list[dict], h: tuple, w: int, n_outcomes: int, k: float) -> float:
+    """P(w | h) = (c(h w) + k) / (c(h .) + k n_outcomes) at the order of h (CG98 §2.1): no recursion."""
+    after_h = counts[len(h)].get(h, {})
+    return (after_h.get(w, 0) + k) / (sum(after_h.values()) + k * n_outcomes)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside this module."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _discount(D: tuple, a: int) -> float:
+    """D(a): 0 for an unseen n-gram, else D1, D2 or D3+."""
+    return D[min(a, 3) - 1] if a > 0 else 0.0
+
+
+def _by_context(keys: np.ndarray, counts: np.ndarray, m: int, S: int) -> dict[tuple, dict[int, int]]:
+    """{h: {w: a(h w)}} from the int64 codes of one order m (base-S digits, the oldest first)."""
+    table: dict[tuple, dict[int, int]] = {}
+    for code, a in zip(keys.tolist(), counts.tolist()):
+        symbols = [code // S**j % S for j in range(m - 1, -1, -1)]
+        table.setdefault(tuple(symbols[:-1]), {})[symbols[-1]] = a
+    return table
+
+
+# -------------------------------------------------------------------------- the model
 class NGramModel:
     """An order-n language model over integer tokens 0..vocab_size-1 (numpy, float64 statistics).
 
@@ -86,6 +175,7 @@ class NGramModel:
         k: float = 1.0,
         pad: bool = True,
         unk: str = "error",
+        fast: bool = True,
     ):
         """
         order: n >= 1 (1 = unigram, 2 = bigram, ...).
@@ -93,11 +183,12 @@ class NGramModel:
         smoothing: "mle", "addk", "kn" or "mkn" (see the module docstring).
         discount: for "kn" a float in (0, 1] (default 0.75) or "estimate" (D = n1 / (n1 + 2 n2)
             per order); for "mkn" None / "estimate" (CG98 eq. 26, the default) or a tuple
-            (D1, D2, D3+) with 0 <= D_r <= r. Estimates are clipped to [0, r]; where a
-            count-of-counts is zero (tiny corpora) D_r falls back to min(0.75, r).
+            (D1, D2, D3+) with 0 < D_r <= r. Invalid estimates fall back (module docstring).
         k: the pseudo-count of "addk" (> 0).
         pad: add BOS/EOS around each document (see module docstring).
         unk: "error" or "map" (out-of-range ids become the UNK symbol).
+        fast: score with the vectorised ``ngram_fast`` (default), or with the plain reference
+            ``interpolated_prob`` / ``addk_prob`` (slow: for reading, checking, tiny corpora).
         """
         if not isinstance(order, (int, np.integer)) or order < 1:
             raise ValueError(f"order must be a positive integer (1 = unigram), got {order!r}")
@@ -115,8 +206,10 @@ class NGramModel:
         self.k = float(k)
         self.pad = bool(pad)
         self.unk = unk
+        self.fast = bool(fast)
         self.vocab_size = None if vocab_size is None else int(vocab_size)
-        self.tables: list[_OrderTable] | None = None  # tables[m - 1] for order m, after fit
+        self.counts: list[tuple[np.ndarray, np.ndarray]] | None = None  # per order (keys, a), after fit
+        self.discounts: list[tuple[float, float, float]] = []  # per order (D1, D2, D3+)
         if self.vocab_size is not None:
             self._set_vocab(self.vocab_size)
 
@@ -133,10 +226,10 @@ class NGramModel:
             if discount is None or discount == "estimate":
                 return "estimate"
             d = tuple(float(x) for x in discount) if isinstance(discount, (tuple, list)) else ()
-            if len(d) != 3 or not all(0 <= x <= r for r, x in zip((1, 2, 3), d)):
+            if len(d) != 3 or not all(0 < x <= r for r, x in zip((1, 2, 3), d)):
                 raise ValueError(
-                    f"modified Kneser-Ney needs discounts (D1, D2, D3+) with 0 <= D_r <= r, or "
-                    f"'estimate', got {discount!r}"
+                    f"modified Kneser-Ney needs discounts (D1, D2, D3+) with 0 < D_r <= r (a zero discount "
+                    f"gives unseen continuations probability 0), or 'estimate', got {discount!r}"
                 )
             return d
         if discount is not None:
@@ -224,123 +317,54 @@ class NGramModel:
                 counts.append(np.unique(suffix, return_counts=True))
             else:
                 counts.append(raw[m - 1])
-        self._build_tables([(k.astype(np.int64), c.astype(np.int64)) for k, c in counts])
+        self._set_counts([(k.astype(np.int64), c.astype(np.int64)) for k, c in counts])
         return self
 
-    def _build_tables(self, counts: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Derive the context statistics and discounts from the per-order (keys, counts)."""
+    def _set_counts(self, counts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Store the per-order (keys, a), their discounts, and the scorer's view of them."""
+        self.counts = counts
+        self.discounts = [self._discounts_for(a, m) for m, (_, a) in enumerate(counts, start=1)]
         S = self.n_symbols
-        self.tables = []
-        for keys, a in counts:
-            t = _OrderTable(keys, a)
-            ctx = keys // S
-            t.ctx_keys, t.ctx_start = np.unique(ctx, return_index=True)
-            t.ctx_total = np.add.reduceat(a, t.ctx_start).astype(np.float64) if len(a) else np.zeros(0)
-            t.discounts = self._discounts_for(a)
-            d = np.asarray(t.discounts)[np.minimum(a, 3) - 1] if len(a) else np.zeros(0)  # D(a)
-            t.adjusted = a - d
-            t.ctx_gamma = np.add.reduceat(d, t.ctx_start) if len(a) else np.zeros(0)
-            self.tables.append(t)
+        if self.fast:
+            self.tables = [ngram_fast.build_table(keys, a, d, S) for (keys, a), d in zip(counts, self.discounts)]
+        else:
+            self.reference = [_by_context(keys, a, m, S) for m, (keys, a) in enumerate(counts, start=1)]
 
-    def _discounts_for(self, a: np.ndarray) -> tuple[float, float, float]:
-        """(D1, D2, D3+) for one order, from the configuration or its count-of-counts."""
+    def _discounts_for(self, a: np.ndarray, m: int) -> tuple[float, float, float]:
+        """(D1, D2, D3+) of order m: configured, estimated, or 0 (MLE; add-k does not use them)."""
         if self.smoothing in ("mle", "addk"):
             return (0.0, 0.0, 0.0)
-        if self.discount != "estimate":
-            return (self.discount,) * 3 if self.smoothing == "kn" else self.discount
-        n1, n2, n3, n4 = (float(np.sum(a == r)) for r in (1, 2, 3, 4))
-        y = n1 / (n1 + 2 * n2) if n1 + n2 > 0 else 0.5
-        if self.smoothing == "kn":
-            d = y if 0 < y <= 1 else 0.75  # D = n1 / (n1 + 2 n2) (Ney et al. 1994)
-            return (d, d, d)
-        est = []
-        for r, (nr, nr1) in zip((1, 2, 3), ((n1, n2), (n2, n3), (n3, n4))):
-            dr = r - (r + 1) * y * nr1 / nr if nr > 0 else min(0.75, r)  # CG98 eq. 26
-            est.append(float(np.clip(dr, 0.0, r)))  # tiny corpora can give values out of range
-        return tuple(est)
+        if self.discount == "estimate":
+            return estimate_discounts(a, self.smoothing, m)
+        return (self.discount,) * 3 if self.smoothing == "kn" else self.discount
 
     def _check_fitted(self) -> None:
-        if self.tables is None:
+        if self.counts is None:
             raise ValueError("this n-gram model has not been fitted: call fit(tokens) first")
 
     # ------------------------------------------------------------------------- scoring
-    def _context_codes(self, ctx: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """Codes of the last m-1 symbols of each context row (-1 = absent) and whether all exist."""
-        N = ctx.shape[0]
-        h = np.zeros(N, np.int64)
-        ok = np.ones(N, bool)
-        for j in range(ctx.shape[1] - (m - 1), ctx.shape[1]):
-            col = ctx[:, j]
-            ok &= col >= 0
-            h = h * self.n_symbols + np.maximum(col, 0)
-        return h, ok
+    def _probs(self, ctx: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+        """P(w_i | ctx_i) (N,) for target symbols w (N,), or the distributions (N, len(outcomes))
+        when w is None. ctx: (N, order-1) symbols, right-aligned, -1 = absent (a shorter context)."""
+        if not self.fast:
+            return self._reference_probs(ctx, w)
+        args = (self.tables, ctx, w, self.n_symbols, self.outcomes)
+        if self.smoothing == "addk":
+            return ngram_fast.addk_probs(*args, self.k)
+        return ngram_fast.interpolated_probs(*args)
 
-    def _lookup_contexts(self, t: _OrderTable, h: np.ndarray, ok: np.ndarray):
-        i = np.searchsorted(t.ctx_keys, h)
-        i = np.minimum(i, max(len(t.ctx_keys) - 1, 0))
-        found = ok & (len(t.ctx_keys) > 0)
-        if len(t.ctx_keys):
-            found &= t.ctx_keys[i] == h
-        return i, found
-
-    def _prob_targets(self, ctx: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """P(w_i | ctx_i) for rows of contexts ctx (N, n-1) (-1 = absent) and symbols w (N,)."""
-        S, n_out = self.n_symbols, len(self.outcomes)
-        p = np.full(len(w), 1.0 / n_out)  # the uniform distribution ends the recursion
-        addk = self.smoothing == "addk"
-        longest = np.minimum((ctx >= 0).sum(axis=1) + 1, self.order)  # highest usable order per row
-        for m, t in enumerate(self.tables, start=1):
-            sel = np.flatnonzero(longest == m) if addk else np.arange(len(w))  # add-k: one order only
-            h, ok = self._context_codes(ctx[sel], m)
-            ci, found = self._lookup_contexts(t, h, ok)
-            rows, ci = sel[found], ci[found]
-            g = h[found] * S + w[rows]
-            gi = np.minimum(np.searchsorted(t.keys, g), max(len(t.keys) - 1, 0))
-            hit = t.keys[gi] == g if len(t.keys) else np.zeros(len(rows), bool)
-            if addk:
-                c, tot = np.zeros(len(sel)), np.zeros(len(sel))
-                c[found] = np.where(hit, t.counts[gi], 0) if len(rows) else 0
-                tot[found] = t.ctx_total[ci]
-                p[sel] = (c + self.k) / (tot + self.k * n_out)  # CG98 §2.1
-            elif len(rows):
-                adj = np.where(hit, t.adjusted[gi], 0.0)
-                p[rows] = (adj + t.ctx_gamma[ci] * p[rows]) / t.ctx_total[ci]
-        return p
-
-    def _scatter(self, t: _OrderTable, ci: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Rows (len(ci), S): for each context index, its m-grams' ``values`` at their last symbol.
-
-        A context's m-grams are a contiguous range of the sorted keys, so this is a gather."""
-        dense = np.zeros((len(ci), self.n_symbols))
-        if len(ci):
-            start = t.ctx_start[ci]
-            end = np.append(t.ctx_start[1:], len(t.keys))[ci]
-            lengths = end - start
-            r = np.repeat(np.arange(len(ci)), lengths)
-            entries = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths - start, lengths)
-            dense[r, t.keys[entries] % self.n_symbols] = values[entries]
-        return dense
-
-    def _prob_dense(self, ctx: np.ndarray) -> np.ndarray:
-        """Full distributions (N, len(outcomes)) for context rows ctx (N, n-1) (-1 = absent)."""
-        N, n_out, out = ctx.shape[0], len(self.outcomes), self.outcomes
-        p = np.zeros((N, self.n_symbols))
-        p[:, out] = 1.0 / n_out
-        addk = self.smoothing == "addk"
-        longest = np.minimum((ctx >= 0).sum(axis=1) + 1, self.order)
-        for m, t in enumerate(self.tables, start=1):
-            sel = np.flatnonzero(longest == m) if addk else np.arange(N)
-            h, ok = self._context_codes(ctx[sel], m)
-            ci, found = self._lookup_contexts(t, h, ok)
-            rows, ci = sel[found], ci[found]
-            if addk:
-                c, tot = np.zeros((len(sel), self.n_symbols)), np.zeros(len(sel))
-                c[found], tot[found] = self._scatter(t, ci, t.counts), t.ctx_total[ci]
-                p[np.ix_(sel, out)] = (c[:, out] + self.k) / (tot[:, None] + self.k * n_out)
-            elif len(rows):
-                dense = self._scatter(t, ci, t.adjusted)
-                p[rows] = (dense + t.ctx_gamma[ci][:, None] * p[rows]) / t.ctx_total[ci][:, None]
-        return p[:, out]
+    def _reference_probs(self, ctx: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        """``_probs`` by the plain reference, one context and one outcome at a time."""
+        n_out, probs = len(self.outcomes), []
+        for i, row in enumerate(ctx.tolist()):
+            h = tuple(s for s in row if s >= 0)  # the context present, oldest first
+            for x in (self.outcomes.tolist() if w is None else [int(w[i])]):
+                if self.smoothing == "addk":
+                    probs.append(addk_prob(self.reference, h, x, n_out, self.k))
+                else:
+                    probs.append(interpolated_prob(self.reference, self.discounts, h, x, n_out))
+        p = np.asarray(probs, dtype=np.float64)
+        return p if w is not None else p.reshape(len(ctx), n_out)
 
     def _context_rows(self, contexts) -> np.ndarray:
         """Contexts (sequences of symbols) -> (N, n-1) matrix, right-aligned, -1 = absent."""
@@ -382,14 +406,14 @@ class NGramModel:
         ``model.eos`` in a padded model.
         """
         self._check_fitted()
-        p = self._prob_targets(self._context_rows([context]), np.array([self._target_symbol(token)]))
+        p = self._probs(self._context_rows([context]), np.array([self._target_symbol(token)]))
         with np.errstate(divide="ignore"):
             return float(np.log(p[0]))
 
     def distribution(self, context) -> np.ndarray:
         """P(. | context) over ``self.outcomes`` (tokens 0..V-1, then EOS / UNK if used)."""
         self._check_fitted()
-        return self._prob_dense(self._context_rows([context]))[0]
+        return self._probs(self._context_rows([context]))[0]
 
     def distributions(self, contexts: np.ndarray, block_size: int = 1 << 22) -> np.ndarray:
         """Distributions (N, len(outcomes)) for a context matrix (N, order-1) of symbols, -1 = absent.
@@ -400,7 +424,7 @@ class NGramModel:
         contexts = np.asarray(contexts, dtype=np.int64).reshape(len(contexts), self.order - 1)
         step = max(1, block_size // self.n_symbols)
         return np.concatenate(
-            [self._prob_dense(contexts[i : i + step]) for i in range(0, len(contexts), step)]
+            [self._probs(contexts[i : i + step]) for i in range(0, len(contexts), step)]
         ) if len(contexts) else np.zeros((0, len(self.outcomes)))
 
     def logprobs(self, data) -> np.ndarray:
@@ -415,7 +439,7 @@ class NGramModel:
             back = n1 - j
             ok = pos[targets] >= back
             ctx[ok, j] = x[targets[ok] - back]
-        p = self._prob_targets(ctx, x[targets])
+        p = self._probs(ctx, x[targets])
         with np.errstate(divide="ignore"):
             return np.log(p)
 
@@ -456,7 +480,7 @@ class NGramModel:
     def num_counts(self) -> int:
         """Number of stored n-gram counts, all orders together (the model's "parameters")."""
         self._check_fitted()
-        return int(sum(len(t.keys) for t in self.tables))
+        return int(sum(len(keys) for keys, _ in self.counts))
 
     def config(self) -> dict:
         d = self.discount
@@ -468,8 +492,8 @@ class NGramModel:
         """The fitted counts as named int64 arrays (everything else is derived from them)."""
         self._check_fitted()
         out = {}
-        for m, t in enumerate(self.tables, start=1):
-            out[f"keys_{m}"], out[f"counts_{m}"] = t.keys, t.counts
+        for m, (keys, a) in enumerate(self.counts, start=1):
+            out[f"keys_{m}"], out[f"counts_{m}"] = keys, a
         return out
 
     def set_count_arrays(self, arrays: dict) -> None:
@@ -479,7 +503,7 @@ class NGramModel:
                       for m in range(1, self.order + 1)]
         except KeyError as err:
             raise ValueError(f"n-gram counts incomplete: missing {err.args[0]!r}") from None
-        self._build_tables(counts)
+        self._set_counts(counts)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write config and counts to a ``.npz`` file (atomically)."""
@@ -587,7 +611,7 @@ class NGramLM(LanguageModel):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """The number of stored n-gram counts, all orders (0 before ``fit``)."""
-        return self.ngram.num_counts if self.ngram.tables is not None else 0
+        return self.ngram.num_counts if self.ngram.counts is not None else 0
 
     def flops_per_token(self) -> float:
         """0: counting is not gradient training (see the class docstring)."""
@@ -595,7 +619,7 @@ class NGramLM(LanguageModel):
 
     # counts travel in state_dict() / load_state_dict() like weights
     def get_extra_state(self):
-        if self.ngram.tables is None:
+        if self.ngram.counts is None:
             return {}
         return {k: torch.from_numpy(v.copy()) for k, v in self.ngram.count_arrays().items()}
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+from minilm.checkpoint import load_checkpoint
 from minilm.models.base import LanguageModel
 from minilm.models.gpt import GPT, GPTConfig
 from minilm.models.lstm import LSTMLM, LSTMConfig
 from minilm.models.ngram import NGramConfig, NGramLM
 from minilm.models.rwkv import RWKV, RWKVConfig
+from minilm.models.ssm import SSMLM, SSMConfig
 
 # Size presets shared by every model kind: (n_layers, d_model, n_heads).
 SIZES = {
@@ -41,10 +47,8 @@ def _build_ngram(vocab_size: int, context_length: int, n_layers: int, d_model: i
     return NGramLM(NGramConfig(vocab_size=vocab_size, order=order, context_length=context_length, **kw))
 
 
-def _build_ssm(vocab_size: int, context_length: int, n_layers: int, d_model: int, n_heads: int, **kw):
-    # Mamba-style selective SSM: no heads. Imported here because minilm.ssm imports minilm.models.
-    from minilm.ssm import SSMLM, SSMConfig
-
+def _build_ssm(vocab_size: int, context_length: int, n_layers: int, d_model: int, n_heads: int, **kw) -> SSMLM:
+    # Mamba-style selective SSM: no heads either. context_length is only the training window.
     return SSMLM(SSMConfig(vocab_size=vocab_size, context_length=context_length, n_layers=n_layers,
                            d_model=d_model, **kw))
 
@@ -82,6 +86,7 @@ KINDS: dict = {
     "rwkv": (RWKV, RWKVConfig),
     "lstm": (LSTMLM, LSTMConfig),
     "ngram": (NGramLM, NGramConfig),
+    "ssm": (SSMLM, SSMConfig),
 }
 
 
@@ -89,11 +94,15 @@ def model_from_config(config: dict) -> LanguageModel:
     """Rebuild a model from ``model.config_dict()`` (as stored in checkpoints)."""
     config = dict(config)
     kind = config.pop("model", None)
-    if kind == "ssm":  # imported late: minilm.ssm itself imports minilm.models
-        from minilm.ssm import SSMLM, SSMConfig
-
-        return SSMLM(SSMConfig(**config))
     if kind not in KINDS:
         raise ValueError(f"cannot rebuild a model of kind {kind!r}: known kinds are {', '.join(sorted(KINDS))}")
     model_cls, config_cls = KINDS[kind]
     return model_cls(config_cls(**config))
+
+
+def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LanguageModel:
+    """Rebuild the model a checkpoint (``minilm.checkpoint``) was saved from and load its weights."""
+    ckpt = load_checkpoint(path, map_location)
+    model = model_from_config(ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model

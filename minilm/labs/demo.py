@@ -4,7 +4,9 @@ It shows every kind of question a real lab declares: two functions probed on hid
 (softmax, add-alpha bigram probabilities), a measured value the grader recomputes itself
 (held-out negative log-likelihood under the notebook's seed) and a multiple choice. Its
 notebooks are ``tests/fixtures/demo_lab/solutions/99_demo.ipynb`` (instructor source) and
-``tests/fixtures/demo_lab/99_demo.ipynb`` (released student version).
+``tests/fixtures/demo_lab/99_demo.ipynb`` (released student version); it is registered in
+``minilm.labs.DEMO_MODULES``, apart from the course's labs. The background is lab 00's
+(``course/00_language_models.md``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Lab 02, attention complexity and efficient architectures: the graded questions.
 
 Notebooks: ``labs/solutions/02_attention.ipynb`` (instructor source) and ``labs/02_attention.ipynb``
-(student version). The references come from ``minilm.attention`` wherever the library has one:
+(student version); chapter: ``course/02_attention.md``. The references come from
+``minilm.attention`` wherever the library has one:
 
     q1  sinks_mask            function  vs ``sinks_window_mask`` on hidden (T, window, sinks)
     q2  linear_attention_rnn  function  vs ``linear_attention_recurrent`` on hidden q, k, v

@@ -1,9 +1,10 @@
-"""The labs as a command: ``minilm lab list`` and ``minilm lab run NN [--fast|--full]``.
+"""The lab runner: ``minilm lab list``, ``minilm lab run NN [--fast|--full]``, and ``setup()``.
 
 ``lab run`` executes a lab notebook headless (the same notebook JupyterLab opens), with a progress
 bar over its cells, and prints the graded summary that the notebook's last cell computes. Fast
 mode is the notebook's default (``FAST = True`` in its ``parameters`` cell); ``--full`` injects
-``FAST = False`` right after that cell, as papermill does.
+``FAST = False`` right after that cell, as papermill does. ``setup()`` is the first call of every
+lab notebook (``from minilm.labs import setup``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from minilm.grading.notebook import is_stale
+from minilm.grading.questions import Lab
 
 _LAB_FILE = re.compile(r"^(\d\d)_([a-z0-9_]+)\.ipynb$")
 
@@ -20,7 +26,7 @@ _LAB_FILE = re.compile(r"^(\d\d)_([a-z0-9_]+)\.ipynb$")
 def labs_dir() -> Path:
     """The ``labs/`` folder of the source checkout (or ``$MINILM_LABS_DIR``)."""
     env = os.environ.get("MINILM_LABS_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "labs"
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "labs"
     if not path.is_dir():
         raise FileNotFoundError(
             f"labs folder not found at {path}: run from a source checkout of minilm (git clone, then "
@@ -41,16 +47,14 @@ class LabInfo:
     def title(self) -> str:
         return self.topic.replace("_", " ")
 
-    def status(self) -> str:
-        """A one-word status plus what is missing."""
+    def status(self, find_lab: Callable[[str], Lab]) -> str:
+        """A one-word status plus what is missing; ``find_lab`` is the registry's ``get_lab``."""
         missing = [name for name, p in (("student notebook", self.student), ("solution", self.solution),
                                         ("chapter", self.chapter)) if not p.is_file()]
         if missing:
             return "incomplete (missing " + ", ".join(missing) + ")"
         try:
-            from minilm.grading import get_lab, is_stale
-
-            n_questions = len(get_lab(self.lab_id).questions)
+            n_questions = len(find_lab(self.lab_id).questions)
             if is_stale(self.solution, self.student):
                 return f"stale student notebook ({n_questions} questions): run `minilm release {self.solution}`"
             return f"ready ({n_questions} graded questions)"
@@ -158,7 +162,7 @@ def _cmd_list(args) -> int:
         print(f"no labs in {labs_dir()}")
         return 0
     for lab in labs:
-        print(f"{lab.lab_id}  {lab.title:<28} {lab.status()}")
+        print(f"{lab.lab_id}  {lab.title:<28} {lab.status(args.find_lab)}")
     return 0
 
 
@@ -178,12 +182,16 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def add_commands(subparsers) -> None:
-    """Register ``minilm lab list`` and ``minilm lab run``."""
+def add_commands(subparsers: Any, find_lab: Callable[[str], Lab]) -> None:
+    """Register ``minilm lab list`` and ``minilm lab run`` on ``ArgumentParser.add_subparsers()``'s result.
+
+    ``find_lab`` is the registry's ``minilm.labs.get_lab`` (``lab list`` counts each lab's
+    questions), handed in by ``minilm.cli`` since ``minilm.labs`` imports this module.
+    """
     p = subparsers.add_parser("lab", help="list the labs or run one headless")
     lab_sub = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
     q = lab_sub.add_parser("list", help="every lab and its status")
-    q.set_defaults(func=_cmd_list)
+    q.set_defaults(func=_cmd_list, find_lab=find_lab)
     q = lab_sub.add_parser("run", help="execute a lab notebook headless and print its graded summary")
     q.add_argument("lab", help="lab number, e.g. 00")
     mode = q.add_mutually_exclusive_group()
@@ -196,20 +204,15 @@ def add_commands(subparsers) -> None:
 
 # ------------------------------------------------------------------------- inside a notebook
 def setup(seed: int = 0, device: str = "auto", threads: int | None = None):
-    """The first call of every lab: seeds, device (printed), thread count; returns the device.
+    """The first call of every lab: seeds, device, CPU threads, printed on one line; returns the device.
 
-    ``threads`` defaults to ``$MINILM_THREADS`` when set (CI uses 1: on a busy 2-core machine two
-    threads were measured several times slower than one), else PyTorch's own default.
+    ``threads`` follows minilm's thread policy (``minilm.device.configure_threads``): the argument,
+    else ``$MINILM_THREADS``, else 1 on a machine with two cores or fewer.
     """
-    import torch
+    from minilm.device import configure_threads, resolve_device, seed_everything
 
-    from minilm.device import resolve_device, seed_everything
-
-    if threads is None and os.environ.get("MINILM_THREADS"):
-        threads = int(os.environ["MINILM_THREADS"])
-    if threads:
-        torch.set_num_threads(threads)
+    n_threads = configure_threads(threads, verbose=False)  # said in the one line below instead
     seed_everything(seed)
     dev = resolve_device(device)
-    print(f"minilm lab set-up: device {dev}, {torch.get_num_threads()} CPU thread(s), seed {seed}")
+    print(f"minilm lab set-up: device {dev}, {n_threads} CPU thread(s), seed {seed}")
     return dev

@@ -12,7 +12,8 @@ depend on the machine. The student's *function* is probed on synthetic curves wh
 answer is known; the notebook then applies it to the student's own run.
 
 The notebooks are ``labs/solutions/00_language_models.ipynb`` (instructor source) and
-``labs/00_language_models.ipynb`` (released student version).
+``labs/00_language_models.ipynb`` (released student version); the chapter, with the questions'
+background, is ``course/00_language_models.md``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Lab 01, scaling laws: the graded questions.
 
 Notebooks: ``labs/solutions/01_scaling_laws.ipynb`` (instructor source) and
-``labs/01_scaling_laws.ipynb`` (student version). Every reference comes from ``minilm.scaling``:
+``labs/01_scaling_laws.ipynb`` (student version); chapter: ``course/01_scaling_laws.md``. Every
+reference comes from ``minilm.scaling``:
 
     q1  law_loss             function  L(N, D) vs ``chinchilla_loss`` on hidden parameters, N, D
     q2  optimal_allocation   function  (N_opt, D_opt) vs ``compute_optimal`` on hidden budgets
