@@ -49,6 +49,7 @@ __all__ = [
     "LAYER_KINDS",
     "DecodingResult",
     "ScalingResult",
+    "StreamingCost",
     "attention_flops",
     "attention_memory",
     "crossover_n",
@@ -56,6 +57,7 @@ __all__ = [
     "layer_builder",
     "measure_decoding",
     "measure_scaling",
+    "measure_streaming",
     "pattern_pairs",
     "ssm_flops",
 ]
@@ -511,3 +513,56 @@ def measure_decoding(
     finally:
         model.train(was_training)
     return DecodingResult(lengths, secs, mems, getattr(model, "model_type", type(model).__name__), raw)
+
+
+@dataclass
+class StreamingCost:
+    """Cost of streaming tokens one at a time through a GPT with one cache policy (``measure_streaming``)."""
+
+    policy: str
+    tokens: list[int]  # tokens streamed at the end of each block
+    ms_per_token: list[float]  # median time of one token within the block
+    cache_bytes: list[int]  # ``cache.nbytes()`` (the kept tokens) at the end of each block
+    allocated_bytes: list[int]  # ``cache.allocated_bytes()`` (its buffers) at the end of each block
+
+
+@torch.no_grad()
+def measure_streaming(model, tokens: torch.Tensor | np.ndarray, policy: str = "sinks", window: int | None = None,
+                      sinks: int = 4, block: int = 256, progress: bool = True) -> StreamingCost:
+    """Feed ``tokens`` (n,) one at a time through a GPT with a ``make_cache(policy, ...)`` cache and
+    time every step: the median per block of ``block`` tokens, and the cache's memory after it.
+
+    A keep-all cache ("full") writes into preallocated buffers but each token attends over all
+    earlier ones: its time per token grows with n. The ring-buffer caches ("window", "sinks") hold
+    a fixed number of keys, so time and memory per token stay flat however long the stream
+    (StreamingLLM, Xiao et al. 2023). Only the cost is measured: a GPT run past its training
+    context is fine here.
+    """
+    from minilm.attention.cache import make_cache
+
+    ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long).flatten()
+    if not isinstance(block, int) or block < 1 or ids.numel() < block:
+        raise ValueError(f"need block >= 1 and at least one block of tokens, got block={block!r}, {ids.numel()} tokens")
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    cache = make_cache(policy, model.config.n_layers, window=window, sinks=sinks)
+    was_training = model.training
+    model.eval()
+    result = StreamingCost(policy, [], [], [], [])
+    times: list[float] = []
+    try:
+        for t in tqdm(range(ids.numel() - ids.numel() % block), desc=f"stream ({policy})", disable=not progress):
+            _sync(device)
+            t0 = time.perf_counter()
+            model(ids[None, t : t + 1], cache=cache)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            if len(times) == block:
+                result.tokens.append(t + 1)
+                result.ms_per_token.append(1e3 * statistics.median(times))
+                result.cache_bytes.append(cache.nbytes())
+                result.allocated_bytes.append(cache.allocated_bytes())
+                times = []
+    finally:
+        model.train(was_training)
+    return result
