@@ -7,7 +7,7 @@ lab to read the equations they implement.
 __version__ = "0.1.0"
 
 # Whole modules a lab uses by name: minilm.attention.sliding_window_mask(...), minilm.scaling...
-from minilm import attention, imbalance, scaling, sharpness, toy_problems  # noqa: E402
+from minilm import attention, fp8, imbalance, mup, scaling, sharpness, toy_problems  # noqa: E402
 from minilm.checkpoint import load_checkpoint, save_checkpoint
 from minilm.data import (
     ByteTokenizer,
@@ -41,10 +41,15 @@ from minilm.models import (
     model_from_checkpoint,
 )
 from minilm.optim import SGD, Adam, AdamW, Lion, Muon, SignSGD, Sophia, make_optimizer
-from minilm.schedules import constant, cosine, wsd
+from minilm.schedules import constant, cosine, cumulative_lr, inverse_sqrt, wsd, wsd_branch
 from minilm.train import TrainConfig, TrainingDivergedError, evaluate, train
 
 __all__ = [
+    "wsd_branch",
+    "inverse_sqrt",
+    "cumulative_lr",
+    "mup",
+    "fp8",
     "GPT",
     "LSTMLM",
     "RWKV",

@@ -60,13 +60,20 @@ def _as_list(params: Tensor | Sequence[Tensor]) -> list[Tensor]:
     return params
 
 
+def _draw_device(generator: torch.Generator | None, device: torch.device | str) -> torch.device | str:
+    """Where random numbers are drawn: on the generator's own device (a seeded CPU generator may
+    drive work on a GPU, and gives the same numbers everywhere), else on ``device``."""
+    return generator.device if generator is not None else device
+
+
 def _random_like(p: Tensor, distribution: str, generator: torch.Generator | None) -> Tensor:
     """A random probe u with E[u] = 0 and E[uuᵀ] = I (what Hutchinson's estimator needs)."""
     if distribution == "rademacher":  # ±1 with probability ½: the lowest-variance choice
-        bits = torch.randint(0, 2, p.shape, generator=generator, device=p.device)
-        return (2 * bits - 1).to(p.dtype)
+        bits = torch.randint(0, 2, p.shape, generator=generator, device=_draw_device(generator, p.device))
+        return (2 * bits - 1).to(device=p.device, dtype=p.dtype)
     if distribution == "gaussian":
-        return torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        return torch.randn(p.shape, generator=generator, device=_draw_device(generator, p.device),
+                           dtype=p.dtype).to(p.device)
     raise ValueError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
 
 
@@ -153,7 +160,7 @@ def power_iteration(
     Rayleigh quotient vᵀAv, whose error is only of the order of the residual squared. Stops when
     the residual ‖Av − λv‖ ≤ ``tol``·|λ|, or after ``n_iter`` products. Returns (λ, v), ‖v‖ = 1.
     """
-    v = torch.randn(dim, generator=generator, device=device)
+    v = torch.randn(dim, generator=generator, device=_draw_device(generator, device)).to(device)
     v = v / v.norm()
     eig = 0.0
     for _ in range(n_iter):
@@ -184,7 +191,7 @@ def lanczos(
     With ``n_iter ≥ dim`` they are all of A's eigenvalues.
     """
     n_iter = min(n_iter, dim)
-    q = torch.randn(dim, generator=generator, device=device)
+    q = torch.randn(dim, generator=generator, device=_draw_device(generator, device)).to(device)
     Q = [q / q.norm()]
     alphas, betas = [], []
     for j in range(n_iter):
@@ -320,7 +327,8 @@ def gauss_newton_bartlett_diagonal(
     n_rows = flat.shape[0]
     with torch.no_grad():
         probs = torch.softmax(flat.float(), dim=-1)
-        y_hat = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (N,)
+        y_hat = torch.multinomial(probs.to(_draw_device(generator, probs.device)), 1,
+                                  generator=generator).squeeze(-1).to(probs.device)  # (N,)
     loss = F.cross_entropy(flat, y_hat)
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     return [torch.zeros_like(p) if g is None else n_rows * g * g for p, g in zip(params, grads)]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minilm import mup
 from minilm.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from minilm.data.batching import get_batch, iterate_windows
 from minilm.device import configure_threads, ensure_threads, resolve_device
@@ -133,12 +134,17 @@ def default_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0
     """AdamW with weight decay on matrices only (not on norms' gains or other vectors).
 
     Decaying gains and biases pulls them towards 0 for no benefit; nanoGPT and Llama skip them.
+    A μP model (``parametrization="mup"``) gets ``minilm.mup.param_groups``: each kind of
+    parameter its own learning rate (hidden matrices lr / width_mult), group 0 at ``lr``.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    if mup.is_mup(model):
+        groups = mup.param_groups(model, lr, weight_decay)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
     try:
         # PyTorch's fused AdamW updates all tensors in one kernel: the same update, 2-3x faster
         # than its per-tensor loop. CPU support came in PyTorch 2.4; older ones fall back below.

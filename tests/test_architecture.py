@@ -31,6 +31,8 @@ FLOORS = {
     "minilm.attention": 2,
     "minilm.data": 2,
     "minilm.optim": 2,
+    "minilm.mup": 2,  # μP's rules and coordinate check; models.gpt and train.py use it
+    "minilm.fp8": 2,  # FP8 formats, scaling recipes, the FP8 linear layer and to_fp8
     "minilm.toy_problems": 2,  # ill-conditioned quadratics run with minilm.optim's optimizers
     # 3: training and measuring
     "minilm.train": 3,

@@ -57,11 +57,16 @@ def brute(T, rule):
     return m
 
 
-def tiny_gpt(n_layers=2, ctx=48, vocab=23, seed=0, impl="sdpa"):
-    torch.manual_seed(seed)
+def tiny_gpt(n_layers=2, ctx=48, vocab=23, seed=0, impl="sdpa", device="cpu"):
+    torch.manual_seed(seed)  # built on the CPU: the same weights on every device
     model = GPT(GPTConfig(vocab_size=vocab, context_length=ctx, n_layers=n_layers, n_heads=2, d_model=16,
                           attn_impl=impl, init_std=0.3))  # large init: attention far from uniform
-    return model.eval()
+    return model.to(device).eval()
+
+
+def tokens(shape, device, seed=0):
+    """Random token ids drawn on the CPU (the same ids on every device), moved to ``device``."""
+    return torch.randint(0, 23, shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def stream_logits(model, idx, cache):
@@ -163,48 +168,50 @@ def test_mask_picture_draws():
 
 # ------------------------------------------------------------------------------ GPT + masks
 @pytest.mark.parametrize("impl", ["sdpa", "explicit"])
-def test_gpt_full_causal_mask_equals_no_mask(impl):
-    model = tiny_gpt(impl=impl)
-    idx = torch.randint(0, 23, (2, 20))
-    torch.testing.assert_close(model(idx, attn_mask=full_causal_mask(20)), model(idx), atol=1e-5, rtol=1e-5)
+def test_gpt_full_causal_mask_equals_no_mask(impl, device):
+    model = tiny_gpt(impl=impl, device=device)
+    idx = tokens((2, 20), device)
+    torch.testing.assert_close(model(idx, attn_mask=full_causal_mask(20, device)), model(idx), atol=1e-5, rtol=1e-5)
 
 
-def test_gpt_sparse_masks_sdpa_equals_explicit():
-    idx = torch.randint(0, 23, (2, 20))
-    for mask in (sliding_window_mask(20, 4), strided_mask(20, 4), sinks_window_mask(20, 3, 2)):
-        a = tiny_gpt(impl="sdpa")(idx, attn_mask=mask)
-        b = tiny_gpt(impl="explicit")(idx, attn_mask=mask)
+def test_gpt_sparse_masks_sdpa_equals_explicit(device):
+    idx = tokens((2, 20), device)
+    full = tiny_gpt(device=device)(idx)
+    for mask in (sliding_window_mask(20, 4, device), strided_mask(20, 4, device=device),
+                 sinks_window_mask(20, 3, 2, device)):
+        a = tiny_gpt(impl="sdpa", device=device)(idx, attn_mask=mask)
+        b = tiny_gpt(impl="explicit", device=device)(idx, attn_mask=mask)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(a, tiny_gpt()(idx), atol=1e-3)  # the mask does change the output
+        assert not torch.allclose(a, full, atol=1e-3)  # the mask does change the output
 
 
 # ---------------------------------------------------------------------------------- kernels
-def qkv(B=2, H=3, T=19, d=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, H, T, d, generator=g) for _ in range(3))
+def qkv(B=2, H=3, T=19, d=8, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same numbers on every device
+    return (torch.randn(B, H, T, d, generator=g).to(device) for _ in range(3))
 
 
 @pytest.mark.parametrize("w", [1, 4, 19, 25])
-def test_window_attention_equals_masked_sdpa(w):
-    q, k, v = qkv()
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(19, w))
+def test_window_attention_equals_masked_sdpa(w, device):
+    q, k, v = qkv(device=device)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(19, w, device))
     torch.testing.assert_close(window_attention(q, k, v, w), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_masked_attention_explicit_equals_sdpa():
-    q, k, v = qkv()
-    for mask in (None, strided_mask(19, 4), block_sparse_mask(19, 4, 2)):
+def test_masked_attention_explicit_equals_sdpa(device):
+    q, k, v = qkv(device=device)
+    for mask in (None, strided_mask(19, 4, device=device), block_sparse_mask(19, 4, 2, device=device)):
         torch.testing.assert_close(masked_attention(q, k, v, mask, "explicit"), masked_attention(q, k, v, mask, "sdpa"),
                                    atol=1e-5, rtol=1e-5)
 
 
-def test_softmax_attention_layers_agree():
+def test_softmax_attention_layers_agree(device):
     torch.manual_seed(0)
-    layer = SoftmaxAttention(16, 2, impl="sdpa")
-    x = torch.randn(2, 12, 16)
+    layer = SoftmaxAttention(16, 2, impl="sdpa").to(device)
+    x = torch.randn(2, 12, 16).to(device)
     ref = layer(x)
     for impl, window in (("explicit", None), ("window", 12)):
-        other = SoftmaxAttention(16, 2, impl=impl, window=window)
+        other = SoftmaxAttention(16, 2, impl=impl, window=window).to(device)
         other.load_state_dict(layer.state_dict())
         torch.testing.assert_close(other(x), ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="window size"):
@@ -222,8 +229,8 @@ def linear_attention_brute(q, k, v, eps=1e-6):
     return out
 
 
-def test_linear_attention_forms_agree():
-    q, k, v = qkv(T=23)
+def test_linear_attention_forms_agree(device):
+    q, k, v = qkv(T=23, device=device)
     ref = linear_attention_brute(q, k, v)
     for out in (linear_attention(q, k, v, "masked"), linear_attention(q, k, v, "cumsum"),
                 linear_attention(q, k, v, "chunked", chunk_size=5), linear_attention(q, k, v, "chunked", chunk_size=64),
@@ -231,8 +238,8 @@ def test_linear_attention_forms_agree():
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_linear_attention_gradients_agree():
-    q, k, v = (t.requires_grad_() for t in qkv(T=10))
+def test_linear_attention_gradients_agree(device):
+    q, k, v = (t.requires_grad_() for t in qkv(T=10, device=device))
     grads = []
     for method in ("masked", "chunked"):
         out = linear_attention(q, k, v, method, chunk_size=3)
@@ -241,10 +248,10 @@ def test_linear_attention_gradients_agree():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_linear_attention_layer_step_equals_forward():
+def test_linear_attention_layer_step_equals_forward(device):
     torch.manual_seed(0)
-    layer = LinearAttention(16, 2, chunk_size=4)
-    x = torch.randn(2, 11, 16)
+    layer = LinearAttention(16, 2, chunk_size=4).to(device)
+    x = torch.randn(2, 11, 16).to(device)
     state, ys = None, []
     for t in range(11):
         y, state = layer.step(x[:, t], state)
@@ -261,9 +268,9 @@ def test_linear_attention_bad_method():
 
 
 # --------------------------------------------------------------------------------- KV caches
-def test_eviction_keeps_exactly_the_right_positions():
-    model = tiny_gpt(n_layers=1)
-    idx = torch.randint(0, 23, (1, 30))
+def test_eviction_keeps_exactly_the_right_positions(device):
+    model = tiny_gpt(n_layers=1, device=device)
+    idx = tokens((1, 30), device)
     caches = {"window": WindowCache(1, 6), "sinks": SinksWindowCache(1, 6, sinks=3),
               "sinks0": SinksWindowCache(1, 6, sinks=0), "w1": WindowCache(1, 1)}
     rules = {"window": lambda q, j: q - j < 6, "sinks": lambda q, j: j < 3 or q - j < 6,
@@ -278,9 +285,9 @@ def test_eviction_keeps_exactly_the_right_positions():
             assert cache.k[0].size(2) == cache.sinks + cache.window  # a ring of fixed size
 
 
-def test_keep_all_cache_reproduces_full_logits():
-    model = tiny_gpt()
-    idx = torch.randint(0, 23, (1, 24))
+def test_keep_all_cache_reproduces_full_logits(device):
+    model = tiny_gpt(device=device)
+    idx = tokens((1, 24), device)
     full = model(idx)[0]
     torch.testing.assert_close(stream_logits(model, idx, KVCache(2)), full, atol=1e-5, rtol=1e-5)
     cache = KVCache(2)  # in chunks of 5 tokens
@@ -288,38 +295,38 @@ def test_keep_all_cache_reproduces_full_logits():
     torch.testing.assert_close(chunks, full, atol=1e-5, rtol=1e-5)
 
 
-def test_window_caches_equal_masked_forward():
-    model = tiny_gpt()
-    idx = torch.randint(0, 23, (1, 24))
-    for cache, mask in ((WindowCache(2, 5), sliding_window_mask(24, 5)),
-                        (SinksWindowCache(2, 5, 3, positions="absolute"), sinks_window_mask(24, 5, 3))):
+def test_window_caches_equal_masked_forward(device):
+    model = tiny_gpt(device=device)
+    idx = tokens((1, 24), device)
+    for cache, mask in ((WindowCache(2, 5), sliding_window_mask(24, 5, device)),
+                        (SinksWindowCache(2, 5, 3, positions="absolute"), sinks_window_mask(24, 5, 3, device))):
         torch.testing.assert_close(stream_logits(model, idx, cache), model(idx, attn_mask=mask)[0],
                                    atol=1e-5, rtol=1e-5)
 
 
-def test_window_caches_in_chunks_with_policy_mask():
-    model = tiny_gpt()
-    idx = torch.randint(0, 23, (1, 24))
-    for cache, mask in ((WindowCache(2, 5), sliding_window_mask(24, 5)),
-                        (SinksWindowCache(2, 4, 2, positions="absolute"), sinks_window_mask(24, 4, 2))):
+def test_window_caches_in_chunks_with_policy_mask(device):
+    model = tiny_gpt(device=device)
+    idx = tokens((1, 24), device)
+    for cache, mask in ((WindowCache(2, 5), sliding_window_mask(24, 5, device)),
+                        (SinksWindowCache(2, 4, 2, positions="absolute"), sinks_window_mask(24, 4, 2, device))):
         out = torch.cat([model(c, cache=cache, attn_mask=cache.attn_mask(c.size(1)))[0] for c in idx.split(7, dim=1)])
         torch.testing.assert_close(out, model(idx, attn_mask=mask)[0], atol=1e-5, rtol=1e-5)
 
 
-def test_sinks_cache_with_large_window_equals_keep_all():
-    model = tiny_gpt()
-    idx = torch.randint(0, 23, (1, 20))
+def test_sinks_cache_with_large_window_equals_keep_all(device):
+    model = tiny_gpt(device=device)
+    idx = tokens((1, 20), device)
     ref = stream_logits(model, idx, KVCache(2))
     torch.testing.assert_close(stream_logits(model, idx, SinksWindowCache(2, 20, 4)), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(stream_logits(model, idx, WindowCache(2, 25)), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_sinks_cache_assigns_positions_inside_the_cache():
+def test_sinks_cache_assigns_positions_inside_the_cache(device):
     # With one layer, cached keys depend only on their token and their RoPE position, so the
     # StreamingLLM cache at step t equals a fresh forward on [sink tokens, recent window]
     # numbered 0..L-1 -- and differs from the absolute-position variant.
-    model = tiny_gpt(n_layers=1)
-    idx = torch.randint(0, 23, (1, 30))
+    model = tiny_gpt(n_layers=1, device=device)
+    idx = tokens((1, 30), device)
     s, w = 3, 6
     got = stream_logits(model, idx, SinksWindowCache(1, w, s))
     absolute = stream_logits(model, idx, SinksWindowCache(1, w, s, positions="absolute"))
@@ -330,9 +337,9 @@ def test_sinks_cache_assigns_positions_inside_the_cache():
     assert not torch.allclose(got[20:], absolute[20:], atol=1e-3)  # positions matter once sinks are far
 
 
-def test_cache_memory_in_bytes():
-    model = tiny_gpt()
-    idx = torch.randint(0, 23, (1, 30))
+def test_cache_memory_in_bytes(device):
+    model = tiny_gpt(device=device)
+    idx = tokens((1, 30), device)
     for cache, kept in ((KVCache(2), 30), (WindowCache(2, 8), 7), (SinksWindowCache(2, 8, 4), 11)):
         stream_logits(model, idx, cache)
         assert len(cache) == kept
@@ -351,35 +358,39 @@ def test_make_cache_errors():
 
 # ---------------------------------------------------------------------------------- streaming
 def nll_of(logits, idx):
-    return F.cross_entropy(logits[0, :-1], idx[0, 1:], reduction="none")
+    """Per-position NLL (T-1,) of a full forward's logits (1, T, V), on the CPU (where
+    ``streaming_perplexity`` returns its result)."""
+    return F.cross_entropy(logits[0, :-1], idx[0, 1:], reduction="none").cpu()
 
 
-def test_streaming_policies_match_masked_forward():
-    model = tiny_gpt()
-    idx = torch.randint(0, 23, (1, 30))
+def test_streaming_policies_match_masked_forward(device):
+    model = tiny_gpt(device=device)
+    idx = tokens((1, 30), device)
     kw = {"window": 6, "sinks": 2, "progress": False}
     torch.testing.assert_close(streaming_perplexity(model, idx[0], "full", progress=False), nll_of(model(idx), idx),
                                atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(streaming_perplexity(model, idx[0], "window", **kw),
-                               nll_of(model(idx, attn_mask=sliding_window_mask(30, 6)), idx), atol=1e-4, rtol=1e-4)
+                               nll_of(model(idx, attn_mask=sliding_window_mask(30, 6, device)), idx),
+                               atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(streaming_perplexity(model, idx[0], "sinks_absolute", **kw),
-                               nll_of(model(idx, attn_mask=sinks_window_mask(30, 6, 2)), idx), atol=1e-4, rtol=1e-4)
+                               nll_of(model(idx, attn_mask=sinks_window_mask(30, 6, 2, device)), idx),
+                               atol=1e-4, rtol=1e-4)
 
 
-def test_recompute_is_a_fresh_forward_on_each_window():
-    model = tiny_gpt()
-    tokens = torch.randint(0, 23, (40,))
+def test_recompute_is_a_fresh_forward_on_each_window(device):
+    model = tiny_gpt(device=device)
+    stream = tokens((40,), device)
     w = 7
-    got = streaming_perplexity(model, tokens, "recompute", window=w, progress=False, batch_size=4)
+    got = streaming_perplexity(model, stream, "recompute", window=w, progress=False, batch_size=4)
     for t in range(39):
-        ctx = tokens[max(0, t - w + 1) : t + 1]
+        ctx = stream[max(0, t - w + 1) : t + 1]
         with torch.no_grad():
-            ref = F.cross_entropy(model(ctx[None])[0, -1:], tokens[t + 1 : t + 2])
+            ref = F.cross_entropy(model(ctx[None])[0, -1:], stream[t + 1 : t + 2])
         assert abs(float(got[t]) - float(ref)) < 1e-4, t
     # with one layer, a window cache *is* re-computation (cached keys do not depend on context)
-    one = tiny_gpt(n_layers=1)
-    torch.testing.assert_close(recompute_window_nll(one, tokens, w),
-                               streaming_perplexity(one, tokens, "window", window=w, progress=False),
+    one = tiny_gpt(n_layers=1, device=device)
+    torch.testing.assert_close(recompute_window_nll(one, stream, w),
+                               streaming_perplexity(one, stream, "window", window=w, progress=False),
                                atol=1e-4, rtol=1e-4)
 
 
@@ -393,9 +404,9 @@ def test_streaming_errors():
         streaming_perplexity(model, torch.arange(5)[None], "full")
 
 
-def test_attention_mass_on_first_token():
-    model = tiny_gpt(n_layers=3)
-    idx = torch.randint(0, 23, (2, 16))
+def test_attention_mass_on_first_token(device):
+    model = tiny_gpt(n_layers=3, device=device)
+    idx = tokens((2, 16), device)
     mass = attention_mass_on_first_token(model, idx)
     per_head = attention_mass_on_first_token(model, idx, per_head=True)
     assert mass.shape == (3,) and per_head.shape == (3, 2)
@@ -407,7 +418,7 @@ def test_attention_mass_on_first_token():
     uniform = attention_mass_on_first_token(model, idx, from_query=3)
     expected = sum(1 / (i + 1) for i in range(3, 16)) / 13
     assert uniform_first_token_mass(16, 3) == pytest.approx(expected)
-    torch.testing.assert_close(uniform, torch.full((3,), expected), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(uniform.cpu(), torch.full((3,), expected), atol=1e-6, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------- cost model
@@ -494,52 +505,52 @@ def test_memory_model_matches_measured_peak():
 
 
 # ------------------------------------------------------------- layer builder and decoding cost
-def test_layer_builder_variants_agree_and_shapes():
+def test_layer_builder_variants_agree_and_shapes(device):
     from minilm.attention import LAYER_KINDS, layer_builder
 
     n, d = 24, 16
-    outs = {k: layer_builder(k, d_model=d, n_heads=2, window=n, d_state=4)(n)() for k in LAYER_KINDS}
+    outs = {k: layer_builder(k, d_model=d, n_heads=2, window=n, d_state=4, device=device)(n)() for k in LAYER_KINDS}
     for k, y in outs.items():
         assert y.shape == (1, n, d) and torch.isfinite(y).all(), k
     # same seed -> same weights and input: full softmax attention three ways (window >= n is full)
     torch.testing.assert_close(outs["explicit"], outs["sdpa"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(outs["window"], outs["sdpa"], rtol=1e-5, atol=1e-6)
-    y = layer_builder("rwkv", d_model=d, backward=True)(n)()
+    y = layer_builder("rwkv", d_model=d, backward=True, device=device)(n)()
     y.sum().backward()  # the input requires grad: forward + backward timing works
     with pytest.raises(ValueError, match="unknown layer kind"):
         layer_builder("flash")
 
 
-def test_layer_builder_rwkv_is_time_mixing():
+def test_layer_builder_rwkv_is_time_mixing(device):
     from minilm.attention import layer_builder
     from minilm.models.rwkv import RWKVConfig, TimeMix
 
     n, d = 20, 8
-    y = layer_builder("rwkv", d_model=d, seed=3)(n)()
-    torch.manual_seed(3)
-    tm = TimeMix(RWKVConfig(vocab_size=1, n_layers=1, d_model=d))
-    x = torch.randn(1, n, d)
+    y = layer_builder("rwkv", d_model=d, seed=3, device=device)(n)()
+    torch.manual_seed(3)  # as layer_builder does: the layer from the CPU generator, x from the device's
+    tm = TimeMix(RWKVConfig(vocab_size=1, n_layers=1, d_model=d)).to(device)
+    x = torch.randn(1, n, d, device=device)
     with torch.no_grad():
         ref = tm(x, None, "recurrent")[0]  # the other WKV form, one token at a time
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_measure_decoding_state_memory():
+def test_measure_decoding_state_memory(device):
     from minilm.attention import attention_memory, measure_decoding
     from minilm.models import build_model
 
     V, lengths = 11, [3, 9, 40]
-    gpt = build_model("gpt", V, size="tiny", context_length=16, n_layers=2, d_model=16, n_heads=2)
+    gpt = build_model("gpt", V, size="tiny", context_length=16, n_layers=2, d_model=16, n_heads=2).to(device)
     r = measure_decoding(gpt, lengths, new_tokens=2, repeats=1, progress=False)
     assert r.model == "gpt" and r.lengths == lengths and all(s > 0 for s in r.seconds_per_token)
     assert all(min(ts) == f for ts, f in zip(r.all_seconds, r.fastest_per_token))
     # the KV cache keeps every token, past the training context too
     assert r.state_bytes == [kv_cache_bytes(2, 16, n) for n in lengths]
-    rwkv = build_model("rwkv", V, size="tiny", n_layers=3, d_model=8)
+    rwkv = build_model("rwkv", V, size="tiny", n_layers=3, d_model=8).to(device)
     assert measure_decoding(rwkv, lengths, 2, 1, progress=False).state_bytes == [3 * 5 * 8 * 4] * 3
-    lstm = build_model("lstm", V, size="tiny", n_layers=2, d_model=8)
+    lstm = build_model("lstm", V, size="tiny", n_layers=2, d_model=8).to(device)
     assert measure_decoding(lstm, lengths, 2, 1, progress=False).state_bytes == [2 * 2 * 8 * 4] * 3
-    ssm = build_model("ssm", V, size="tiny", n_layers=2, d_model=8, d_state=4)
+    ssm = build_model("ssm", V, size="tiny", n_layers=2, d_model=8, d_state=4).to(device)
     per_layer = attention_memory("ssm_state", 1, 8, d_state=4)
     assert measure_decoding(ssm, [5], 2, 1, progress=False).state_bytes == [2 * per_layer]
 

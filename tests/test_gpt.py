@@ -15,33 +15,32 @@ def small(**kw):
     return GPT(GPTConfig(**cfg))
 
 
-def test_explicit_attention_matches_sdpa_with_any_mask():
-    torch.manual_seed(0)
-    q, k, v = torch.randn(3, 2, 4, 7, 8).unbind(0)
-    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+def test_explicit_attention_matches_sdpa_with_any_mask(device):
+    q, k, v = torch.randn(3, 2, 4, 7, 8, generator=torch.Generator().manual_seed(0)).to(device).unbind(0)
+    causal = torch.ones(7, 7, dtype=torch.bool, device=device).tril()
     ours, w = explicit_attention(q, k, v, causal)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.allclose(ours, ref, atol=1e-6)
-    assert torch.allclose(w.sum(-1), torch.ones(2, 4, 7))
-    band = causal & ~torch.ones(7, 7, dtype=torch.bool).tril(-3)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 4, 7, device=device))
+    band = causal & ~torch.ones(7, 7, dtype=torch.bool, device=device).tril(-3)
     assert torch.allclose(explicit_attention(q, k, v, band)[0],
                           F.scaled_dot_product_attention(q, k, v, attn_mask=band), atol=1e-6)
 
 
-def test_gpt_explicit_and_sdpa_paths_agree():
-    m = small()
-    x = torch.randint(0, 50, (2, 32))
+def test_gpt_explicit_and_sdpa_paths_agree(device):
+    m = small().to(device)
+    x = torch.randint(0, 50, (2, 32)).to(device)
     fast = m(x)
     m.config.attn_impl = "explicit"
     assert torch.allclose(m(x), fast, atol=1e-5)
 
 
-def test_rmsnorm_matches_formula():
+def test_rmsnorm_matches_formula(device):
     # The module's default is the reference formula; the fast kernel is tested in test_kernels.py.
-    torch.manual_seed(0)
-    norm = RMSNorm(16, eps=1e-5)
-    norm.weight.data = torch.randn(16)
-    x = torch.randn(3, 5, 16)
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm(16, eps=1e-5).to(device)
+    norm.weight.data = torch.randn(16, generator=g).to(device)
+    x = torch.randn(3, 5, 16, generator=g).to(device)
     ref = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * norm.weight
     assert torch.allclose(norm(x), ref, atol=1e-6)
     assert norm.eps == 1e-5
@@ -54,35 +53,36 @@ def _attention_layer(impl, dropout):
     return GPT(cfg).blocks[0].attn
 
 
-def test_attention_dropout_is_off_in_eval_mode_and_both_paths_agree():
-    x = torch.randint(0, 50, (2, 16))
+def test_attention_dropout_is_off_in_eval_mode_and_both_paths_agree(device):
+    x = torch.randint(0, 50, (2, 16)).to(device)
     outs = {}
     for impl in ("explicit", "sdpa"):
         for p in (0.0, 0.4):
             torch.manual_seed(0)
             m = GPT(GPTConfig(vocab_size=50, context_length=16, n_layers=2, n_heads=2, d_model=16,
-                              attn_impl=impl, dropout=p)).eval()
+                              attn_impl=impl, dropout=p)).to(device).eval()
             outs[impl, p] = m(x)
     for key, out in outs.items():
         assert torch.allclose(out, outs["explicit", 0.0], atol=1e-5), key
 
 
 @pytest.mark.parametrize("impl", ["explicit", "sdpa"])
-def test_attention_dropout_drops_probabilities_with_inverted_scaling(impl):
+def test_attention_dropout_drops_probabilities_with_inverted_scaling(impl, device):
     # Both paths drop attention *probabilities* (not the output) with probability p and scale the
     # kept ones by 1/(1-p). SDPA returns no weights, so v is the identity: the output row i is then
-    # row i of the (dropped) weight matrix.
+    # row i of the (dropped) weight matrix. The masks come from the device's generator (seeded by
+    # torch.manual_seed), so each device draws its own: the checks below are statistical.
     p, R = 0.3, 300
-    attn = _attention_layer(impl, p)
+    attn = _attention_layer(impl, p).to(device)
     B, H, T = 2, 2, 16
-    q, k = torch.randn(2, B, H, T, 8, generator=torch.Generator().manual_seed(1)).unbind(0)
-    v = torch.eye(T).expand(B, H, T, T)
+    q, k = torch.randn(2, B, H, T, 8, generator=torch.Generator().manual_seed(1)).to(device).unbind(0)
+    v = torch.eye(T, device=device).expand(B, H, T, T)
     attn.eval()
     w = attn.attend(q, k, v, None)[0]  # (B, H, T, T): the weights without dropout
     attn.train()
     torch.manual_seed(2)
     draws = torch.stack([attn.attend(q, k, v, None)[0] for _ in range(R)])  # (R, B, H, T, T)
-    allowed = torch.ones(T, T, dtype=torch.bool).tril()
+    allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     kept = draws[..., allowed] != 0
     assert w[..., allowed].min() > 0  # so a zero can only come from dropout
     n = kept.numel()
@@ -95,22 +95,21 @@ def test_attention_dropout_drops_probabilities_with_inverted_scaling(impl):
     assert z.abs().max() < 5, z.abs().max()
 
 
-def test_rope_score_depends_only_on_offset():
-    torch.manual_seed(0)
-    q, k = torch.randn(2, 16)
+def test_rope_score_depends_only_on_offset(device):
+    q, k = torch.randn(2, 16, generator=torch.Generator().manual_seed(0)).to(device)
     def score(m, n):
-        cq, sq = rope_angles(torch.tensor([m]), 16)
-        ck, sk = rope_angles(torch.tensor([n]), 16)
+        cq, sq = rope_angles(torch.tensor([m], device=device), 16)
+        ck, sk = rope_angles(torch.tensor([n], device=device), 16)
         return (apply_rope(q[None], cq, sq) * apply_rope(k[None], ck, sk)).sum()
     for offset in (0, 1, 5, 17):
-        s = [score(m + offset, m) for m in (0, 3, 40, 500)]
+        s = [float(score(m + offset, m)) for m in (0, 3, 40, 500)]
         assert max(s) - min(s) < 1e-4, s
     assert abs(score(5, 0) - score(6, 0)) > 1e-3  # and it does depend on the offset
 
 
-def test_rope_interleaved_pairs_closed_form_and_half_convention():
-    x = torch.arange(8.0)[None]  # one position, head_dim 8
-    cos, sin = rope_angles(torch.tensor([3]), 8, base=100.0)
+def test_rope_interleaved_pairs_closed_form_and_half_convention(device):
+    x = torch.arange(8.0, device=device)[None]  # one position, head_dim 8
+    cos, sin = rope_angles(torch.tensor([3], device=device), 8, base=100.0)
     out = apply_rope(x, cos, sin, "interleaved")
     for i in range(4):  # pair (x[2i], x[2i+1]) rotated by angle 3 * 100^(-2i/8)
         a = 3 * 100 ** (-2 * i / 8)
@@ -118,35 +117,35 @@ def test_rope_interleaved_pairs_closed_form_and_half_convention():
         assert float(out[0, 2 * i]) == pytest.approx(x0 * math.cos(a) - x1 * math.sin(a), abs=1e-5)
         assert float(out[0, 2 * i + 1]) == pytest.approx(x0 * math.sin(a) + x1 * math.cos(a), abs=1e-5)
     # The half convention is the interleaved one on permuted channels.
-    perm = torch.tensor([0, 2, 4, 6, 1, 3, 5, 7])
+    perm = torch.tensor([0, 2, 4, 6, 1, 3, 5, 7], device=device)
     assert torch.allclose(apply_rope(x[:, perm], cos, sin, "half"), out[:, perm], atol=1e-6)
     with pytest.raises(ValueError, match="pairing"):
         apply_rope(x, cos, sin, "neox")
 
 
-def test_rope_gradient_is_the_inverse_rotation():
+def test_rope_gradient_is_the_inverse_rotation(device):
     # RoPE is orthogonal, so its backward pass rotates the gradient by minus the angle: checked
     # against that closed form for both pairings, on a contiguous tensor and on a strided view
     # like the q or k slice of a fused qkv projection.
-    torch.manual_seed(0)
-    cos, sin = rope_angles(torch.arange(6), 8)
-    g = torch.randn(2, 1, 6, 8)
+    gen = torch.Generator().manual_seed(0)
+    cos, sin = rope_angles(torch.arange(6, device=device), 8)
+    g = torch.randn(2, 1, 6, 8, generator=gen).to(device)
     expected = {p: apply_rope(g, cos, -sin, p) for p in ("interleaved", "half")}  # rotation by -angle
     for pairing in ("interleaved", "half"):
-        leaf = torch.randn(2, 1, 6, 8, requires_grad=True)
+        leaf = torch.randn(2, 1, 6, 8, generator=gen).to(device).requires_grad_()
         (apply_rope(leaf, cos, sin, pairing) * g).sum().backward()
         assert torch.allclose(leaf.grad, expected[pairing], atol=1e-6), pairing
-        qkv = torch.randn(2, 6, 24, requires_grad=True)
+        qkv = torch.randn(2, 6, 24, generator=gen).to(device).requires_grad_()
         k = qkv[..., 8:16].view(2, 6, 1, 8).transpose(1, 2)  # (B, H, T, hd), non-contiguous
         (apply_rope(k, cos, sin, pairing) * g).sum().backward()
         assert torch.allclose(qkv.grad[..., 8:16], expected[pairing].transpose(1, 2).reshape(2, 6, 8), atol=1e-6)
         assert qkv.grad[..., :8].abs().max() == 0 and qkv.grad[..., 16:].abs().max() == 0
 
 
-def test_swiglu_matches_formula():
+def test_swiglu_matches_formula(device):
     torch.manual_seed(0)
-    ffn = SwiGLU(GPTConfig(vocab_size=10, d_model=16, n_heads=2, d_ff=24))
-    x = torch.randn(4, 16)
+    ffn = SwiGLU(GPTConfig(vocab_size=10, d_model=16, n_heads=2, d_ff=24)).to(device)
+    x = torch.randn(4, 16).to(device)
     W1, W2, W3 = ffn.w1.weight, ffn.w2.weight, ffn.w3.weight
     h = x @ W1.T
     ref = (h * torch.sigmoid(h) * (x @ W3.T)) @ W2.T
@@ -172,15 +171,15 @@ def test_flops_per_token_formula():
     assert m.flops_per_token() == 6 * m.num_params(non_embedding=True) + 6 * c.n_layers * c.context_length * c.d_model
 
 
-def test_initial_loss_is_ln_vocab():
-    m = small(vocab_size=200)
-    x = torch.randint(0, 200, (8, 32))
+def test_initial_loss_is_ln_vocab(device):
+    m = small(vocab_size=200).to(device)
+    x = torch.randint(0, 200, (8, 32)).to(device)
     assert abs(m.loss(x, x).item() - math.log(200)) < 0.05
 
 
-def test_kv_cache_decoding_equals_full_forward():
-    m = small().eval()
-    x = torch.randint(0, 50, (2, 20))
+def test_kv_cache_decoding_equals_full_forward(device):
+    m = small().to(device).eval()
+    x = torch.randint(0, 50, (2, 20)).to(device)
     with torch.no_grad():
         full = m(x)
         cache = KVCache(m.config.n_layers)
@@ -189,15 +188,15 @@ def test_kv_cache_decoding_equals_full_forward():
     assert len(cache) == 20 and cache.nbytes() == 2 * 2 * 2 * 20 * 32 * 4
 
 
-def test_generate_greedy_matches_argmax_and_topk_respected():
-    m = small().eval()
-    prompt = torch.randint(0, 50, (1, 5))
+def test_generate_greedy_matches_argmax_and_topk_respected(device):
+    m = small().to(device).eval()
+    prompt = torch.randint(0, 50, (1, 5)).to(device)
     out = m.generate(prompt, 40, temperature=0)  # runs past context_length=32
     assert out.shape == (1, 45)
     with torch.no_grad():
         assert out[0, 5] == m(prompt)[0, -1].argmax()
         assert out[0, 40] == m(out[:, 40 - 32 : 40])[0, -1].argmax()
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)  # torch.multinomial wants one on the logits' device
     sampled = m.generate(prompt, 30, temperature=1.0, top_k=1, generator=g)
     assert torch.equal(sampled[:, :30], out[:, :30])  # top-1 sampling is greedy
 

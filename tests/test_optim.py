@@ -6,6 +6,13 @@ the brief's strict bound, max |θ_ours − θ_torch| < 1e-6 after 1000 steps, wi
 magnitude O(1) (asserted), so 1e-6 is ~10 float32 ulps: a reordered sum would still pass, a
 wrong update rule (a missing bias correction, coupled vs decoupled decay) fails by orders of
 magnitude.
+
+On a GPU (the tests that take the ``device`` fixture run on $MINILM_TEST_DEVICE) torch's default
+is its multi-tensor ("foreach") loop, so the references are built with ``foreach=False``: the
+single-tensor loop is the one our code mirrors operation by operation. Data and initial weights
+are drawn on the CPU and moved, so every device starts from the same numbers; estimators that
+draw their own random probes get a generator on the device (each device has its own stream, so
+those checks are statistical).
 """
 
 from __future__ import annotations
@@ -36,23 +43,23 @@ from minilm.optim import (
 # --------------------------------------------------------------------------------------------
 
 
-def _mlp_problem():
-    torch.manual_seed(0)
+def _mlp_problem(device="cpu"):
+    torch.manual_seed(0)  # data and weights drawn on the CPU: the same numbers on every device
     X = torch.randn(32, 6)
     y = (X[:, 0] - X[:, 1] > 0).float()
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    return X, y, model
+    return X.to(device), y.to(device), model.to(device)
 
 
 def _loss(model, X, y):
     return F.binary_cross_entropy_with_logits(model(X).squeeze(-1), y)
 
 
-def _max_param_diff_over_run(ours_cls, torch_cls, kwargs, n_steps=1000):
-    X, y, m_ours = _mlp_problem()
+def _max_param_diff_over_run(ours_cls, torch_cls, kwargs, device, n_steps=1000):
+    X, y, m_ours = _mlp_problem(device)
     m_ref = copy.deepcopy(m_ours)
     opt_ours = ours_cls(m_ours.parameters(), **kwargs)
-    opt_ref = torch_cls(m_ref.parameters(), **kwargs)
+    opt_ref = torch_cls(m_ref.parameters(), foreach=False, **kwargs)  # the single-tensor loop (see top)
     first_loss = float(_loss(m_ours, X, y).detach())
     worst = 0.0
     for _ in range(n_steps):
@@ -73,8 +80,8 @@ SGD_CONFIGS = [
 
 
 @pytest.mark.parametrize("kwargs", SGD_CONFIGS)
-def test_sgd_matches_torch_over_1000_steps(kwargs):
-    worst, magnitude, first, last = _max_param_diff_over_run(SGD, torch.optim.SGD, kwargs)
+def test_sgd_matches_torch_over_1000_steps(kwargs, device):
+    worst, magnitude, first, last = _max_param_diff_over_run(SGD, torch.optim.SGD, kwargs, device)
     assert last < 0.5 * first            # it trained: the comparison is not between idle params
     assert magnitude < 10.0              # so 1e-6 absolute is a strict, ~ulp-level bound
     assert worst < 1e-6, f"max |θ_ours − θ_torch| = {worst:.3g}"
@@ -88,16 +95,16 @@ ADAM_CONFIGS = [
 
 
 @pytest.mark.parametrize(("ours", "ref", "kwargs"), ADAM_CONFIGS)
-def test_adam_family_matches_torch_over_1000_steps(ours, ref, kwargs):
-    worst, magnitude, first, last = _max_param_diff_over_run(ours, ref, kwargs)
+def test_adam_family_matches_torch_over_1000_steps(ours, ref, kwargs, device):
+    worst, magnitude, first, last = _max_param_diff_over_run(ours, ref, kwargs, device)
     assert last < 0.5 * first
     assert magnitude < 10.0
     assert worst < 1e-6, f"max |θ_ours − θ_torch| = {worst:.3g}"
 
 
-def test_adamw_decay_is_decoupled_not_l2():
+def test_adamw_decay_is_decoupled_not_l2(device):
     """Sanity of the reference itself: Adam with L2 and AdamW end in different places."""
-    X, y, m1 = _mlp_problem()
+    X, y, m1 = _mlp_problem(device)
     m2 = copy.deepcopy(m1)
     o1, o2 = Adam(m1.parameters(), lr=1e-2, weight_decay=0.1), AdamW(m2.parameters(), lr=1e-2, weight_decay=0.1)
     for _ in range(50):
@@ -114,12 +121,12 @@ def test_adamw_decay_is_decoupled_not_l2():
 # --------------------------------------------------------------------------------------------
 
 
-def _softmax_regression_data(n=128, d=5, classes=4, seed=0):
+def _softmax_regression_data(n=128, d=5, classes=4, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g)
     W_true = 2.0 * torch.randn(classes, d, generator=g)
     y = torch.distributions.Categorical(logits=X @ W_true.T).sample()
-    return X, y
+    return X.to(device), y.to(device)
 
 
 CONVEX_CONFIGS = {
@@ -138,11 +145,11 @@ def test_convex_configs_cover_every_optimizer():
 
 
 @pytest.mark.parametrize("name", sorted(CONVEX_CONFIGS))
-def test_each_optimizer_reduces_softmax_regression_loss(name):
+def test_each_optimizer_reduces_softmax_regression_loss(name, device):
     """Multinomial logistic regression is convex; 200 full-batch steps must cut the loss a lot."""
     torch.manual_seed(0)
-    X, y = _softmax_regression_data()
-    model = torch.nn.Linear(5, 4)
+    X, y = _softmax_regression_data(device=device)
+    model = torch.nn.Linear(5, 4).to(device)
     opt = make_optimizer(name, model.parameters(), **CONVEX_CONFIGS[name])
     first = float(F.cross_entropy(model(X), y).detach())
     for _ in range(200):
@@ -157,10 +164,10 @@ def test_each_optimizer_reduces_softmax_regression_loss(name):
     assert last < 0.6 * first, f"{name}: loss {first:.3f} → {last:.3f}"
 
 
-def test_sophia_hutchinson_reduces_loss_too():
+def test_sophia_hutchinson_reduces_loss_too(device):
     torch.manual_seed(0)
-    X, y = _softmax_regression_data()
-    model = torch.nn.Linear(5, 4)
+    X, y = _softmax_regression_data(device=device)
+    model = torch.nn.Linear(5, 4).to(device)
     opt = Sophia(model.parameters(), lr=0.05, weight_decay=0.0, estimator="hutchinson")
     first = float(F.cross_entropy(model(X), y).detach())
     for _ in range(200):
@@ -178,51 +185,51 @@ def test_sophia_hutchinson_reduces_loss_too():
 # --------------------------------------------------------------------------------------------
 
 
-def test_lion_matches_closed_form_two_steps():
+def test_lion_matches_closed_form_two_steps(device):
     lr, (b1, b2), wd = 0.1, (0.9, 0.99), 0.5
     theta0 = np.array([0.5, -1.0, 2.0, 0.0], dtype=np.float32)
     g1 = np.array([0.3, 0.2, -0.1, 1e-4], dtype=np.float32)
     g2 = np.array([-0.3, 0.1, 0.005, -1.0], dtype=np.float32)
-    p = torch.nn.Parameter(torch.tensor(theta0))
+    p = torch.nn.Parameter(torch.tensor(theta0, device=device))
     opt = Lion([p], lr=lr, betas=(b1, b2), weight_decay=wd)
     # Step 1 from m = 0: c = (1−β₁)g₁, so θ₁ = θ₀ − η(sign(g₁) + λθ₀); then m₁ = (1−β₂)g₁.
-    p.grad = torch.tensor(g1)
+    p.grad = torch.tensor(g1, device=device)
     opt.step()
     theta1 = theta0 - lr * (np.sign(g1) + wd * theta0)
-    np.testing.assert_allclose(p.detach().numpy(), theta1, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(p.detach().cpu().numpy(), theta1, rtol=0, atol=1e-6)
     m1 = (1 - b2) * g1
-    np.testing.assert_allclose(opt.state[p]["exp_avg"].numpy(), m1, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(opt.state[p]["exp_avg"].cpu().numpy(), m1, rtol=1e-6, atol=1e-9)
     # Step 2: c = β₁m₁ + (1−β₁)g₂ — with these numbers sign(c) ≠ sign(g₂) in coordinate 2 (the
     # momentum term wins), which a "sign of the gradient" implementation would get wrong.
-    p.grad = torch.tensor(g2)
+    p.grad = torch.tensor(g2, device=device)
     opt.step()
     c = b1 * m1 + (1 - b1) * g2
     assert np.sign(c[2]) != np.sign(g2[2])
     theta2 = theta1 - lr * (np.sign(c) + wd * theta1)
-    np.testing.assert_allclose(p.detach().numpy(), theta2, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(p.detach().cpu().numpy(), theta2, rtol=0, atol=1e-6)
 
 
-def test_signsgd_and_signum_closed_form():
-    g1, g2 = torch.tensor([0.5, -2.0, 1e-6]), torch.tensor([-1.0, 1.0, 1.0])
-    p = torch.nn.Parameter(torch.tensor([1.0, 1.0, 1.0]))
+def test_signsgd_and_signum_closed_form(device):
+    g1, g2 = torch.tensor([0.5, -2.0, 1e-6], device=device), torch.tensor([-1.0, 1.0, 1.0], device=device)
+    p = torch.nn.Parameter(torch.tensor([1.0, 1.0, 1.0], device=device))
     opt = SignSGD([p], lr=0.1)
     p.grad = g1.clone()
     opt.step()
-    torch.testing.assert_close(p.detach(), torch.tensor([0.9, 1.1, 0.9]))
-    q = torch.nn.Parameter(torch.tensor([1.0, 1.0, 1.0]))
+    torch.testing.assert_close(p.detach(), torch.tensor([0.9, 1.1, 0.9], device=device))
+    q = torch.nn.Parameter(torch.tensor([1.0, 1.0, 1.0], device=device))
     signum = SignSGD([q], lr=0.1, momentum=0.9)
     for g in (g1, g2):
         q.grad = g.clone()
         signum.step()
     m = 0.9 * (0.1 * g1) + 0.1 * g2          # m₂ = β(1−β)g₁ + (1−β)g₂ → signs (+, −, +)
-    expected = torch.tensor([1.0, 1.0, 1.0]) - 0.1 * torch.sign(0.1 * g1) - 0.1 * torch.sign(m)
+    expected = torch.tensor([1.0, 1.0, 1.0], device=device) - 0.1 * torch.sign(0.1 * g1) - 0.1 * torch.sign(m)
     torch.testing.assert_close(q.detach(), expected)
 
 
-def test_sophia_step_closed_form_on_diagonal_quadratic():
+def test_sophia_step_closed_form_on_diagonal_quadratic(device):
     """For a diagonal Hessian a Rademacher probe is exact: u⊙(Hu) = diag(H) since u_i² = 1."""
-    d = torch.tensor([4.0, 0.01, 100.0, 1.0])
-    theta0 = torch.tensor([1.0, -1.0, 0.5, 0.1])
+    d = torch.tensor([4.0, 0.01, 100.0, 1.0], device=device)
+    theta0 = torch.tensor([1.0, -1.0, 0.5, 0.1], device=device)
     lr, (b1, b2), gamma, wd = 0.1, (0.9, 0.95), 0.5, 0.1
     p = torch.nn.Parameter(theta0.clone())
     opt = Sophia([p], lr=lr, betas=(b1, b2), gamma=gamma, weight_decay=wd, estimator="hutchinson",
@@ -286,15 +293,17 @@ def _svd_check(G, X):
     return U, S, Vh, torch.linalg.svdvals(X)
 
 
+# G is built on the CPU and moved; newton_schulz runs on the device; the SVDs that check it run
+# on the CPU (MPS has no SVD).
 @pytest.mark.parametrize("shape", [(32, 64), (64, 32), (48, 48)])
-def test_newton_schulz_singular_values_near_one_and_vectors_kept(shape):
+def test_newton_schulz_singular_values_near_one_and_vectors_kept(shape, device):
     torch.manual_seed(0)
     if shape[0] == shape[1]:   # a square Gaussian matrix has σ_min ≈ 0; keep it well-posed
         G = torch.linalg.qr(torch.randn(shape)).Q @ torch.diag(torch.linspace(0.1, 3.0, shape[0])) \
             @ torch.linalg.qr(torch.randn(shape)).Q.T
     else:
         G = torch.randn(shape)
-    X = newton_schulz(G)
+    X = newton_schulz(G.to(device)).cpu()
     U, S, Vh, sv = _svd_check(G, X)
     # The quintic maps every normalised σ into ≈ [0.7, 1.2] after 5 steps (Jordan et al. 2024).
     assert sv.min() > 0.6 and sv.max() < 1.25, (float(sv.min()), float(sv.max()))
@@ -305,35 +314,35 @@ def test_newton_schulz_singular_values_near_one_and_vectors_kept(shape):
     assert float(torch.diagonal(core).min()) > 0.6
 
 
-def test_newton_schulz_of_orthogonal_matrix_stays_orthogonal():
+def test_newton_schulz_of_orthogonal_matrix_stays_orthogonal(device):
     torch.manual_seed(1)
     Q = torch.linalg.qr(torch.randn(16, 16)).Q
-    X = newton_schulz(Q)
+    X = newton_schulz(Q.to(device)).cpu()
     c = float((X * Q).sum() / (Q * Q).sum())         # best scalar fit X ≈ cQ
     assert 0.6 < c < 1.25
     assert float((X - c * Q).abs().max()) < 1e-4     # all σ equal → still exactly a multiple of Q
     # The classical cubic iteration converges to exactly UVᵀ = Q (and to UVᵀ in general).
-    torch.testing.assert_close(newton_schulz(Q, steps=30, coefficients=(1.5, -0.5, 0.0)), Q,
+    torch.testing.assert_close(newton_schulz(Q.to(device), steps=30, coefficients=(1.5, -0.5, 0.0)).cpu(), Q,
                                atol=1e-5, rtol=0)
     G = torch.randn(8, 20)
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
-    torch.testing.assert_close(newton_schulz(G, steps=40, coefficients=(1.5, -0.5, 0.0)), U @ Vh,
+    torch.testing.assert_close(newton_schulz(G.to(device), steps=40, coefficients=(1.5, -0.5, 0.0)).cpu(), U @ Vh,
                                atol=1e-4, rtol=0)
 
 
-def test_muon_step_closed_form_and_adamw_fallback():
+def test_muon_step_closed_form_and_adamw_fallback(device):
     torch.manual_seed(0)
-    W = torch.nn.Parameter(torch.randn(8, 2))           # tall: scale = √(8/2) = 2
-    b = torch.nn.Parameter(torch.randn(8))
+    W = torch.nn.Parameter(torch.randn(8, 2).to(device))   # tall: scale = √(8/2) = 2
+    b = torch.nn.Parameter(torch.randn(8).to(device))
     b_ref = torch.nn.Parameter(b.detach().clone())
     W0 = W.detach().clone()
     lr, mu, wd = 0.02, 0.95, 0.1
     opt = Muon([W, b], lr=lr, momentum=mu, weight_decay=wd, adamw_lr=1e-2, adamw_betas=(0.9, 0.95))
     assert [g["use_muon"] for g in opt.param_groups] == [True, False]
-    ref = torch.optim.AdamW([b_ref], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=wd)
-    gW = torch.randn(8, 2)
+    ref = torch.optim.AdamW([b_ref], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=wd, foreach=False)
+    gW = torch.randn(8, 2).to(device)
     for step in range(5):
-        gb = torch.randn(8)
+        gb = torch.randn(8).to(device)
         W.grad, b.grad, b_ref.grad = gW.clone(), gb.clone(), gb.clone()
         opt.step()
         ref.step()
@@ -356,19 +365,20 @@ def test_muon_rejects_vectors_in_a_muon_group():
 
 
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
-def test_sophia_hutchinson_estimate_is_unbiased(distribution):
+def test_sophia_hutchinson_estimate_is_unbiased(distribution, device):
     """f = ½θᵀAθ, diag(H) = diag(A). Mean of n one-sample estimates vs diag(A), within 5 standard
     errors computed from A: Var = Σ_{j≠i} A_ij² (Rademacher), plus 2A_ii² (Gaussian)."""
     g = torch.Generator().manual_seed(0)
     B = torch.randn(6, 6, generator=g)
-    A = B @ B.T / 6 + torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
-    p = torch.nn.Parameter(torch.randn(6, generator=g))
+    A = (B @ B.T / 6 + torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))).to(device)
+    p = torch.nn.Parameter(torch.randn(6, generator=g).to(device))
+    probes = torch.Generator(device=device).manual_seed(0)    # the probes are drawn where p lives
     opt = Sophia([p], betas=(0.9, 0.0), estimator="hutchinson",      # β₂ = 0: h = ĥ after each update
                  hutchinson_distribution=distribution)
     n = 2000
-    samples = torch.empty(n, 6)
+    samples = torch.empty(n, 6, device=device)
     for i in range(n):
-        opt.update_hessian(loss=0.5 * p @ A @ p, generator=g)
+        opt.update_hessian(loss=0.5 * p @ A @ p, generator=probes)
         samples[i] = opt.state[p]["hessian"]
     diag = torch.diagonal(A)
     var = (A**2).sum(1) - diag**2 + (2 * diag**2 if distribution == "gaussian" else 0)
@@ -379,14 +389,14 @@ def test_sophia_hutchinson_estimate_is_unbiased(distribution):
     assert ((samples.mean(0) - diag).abs() < tol).all(), (samples.mean(0), diag, tol)
 
 
-def test_sophia_gnb_estimate_is_unbiased_on_softmax_regression():
+def test_sophia_gnb_estimate_is_unbiased_on_softmax_regression(device):
     """Softmax regression logits = XWᵀ + b. Gauss–Newton diagonal in closed form:
     G[W_cd] = (1/N) Σ_n p_nc(1−p_nc) x_nd²,  G[b_c] = (1/N) Σ_n p_nc(1−p_nc);
     for a linear model it equals the Hessian (checked with torch.autograd.functional.hessian)."""
     g = torch.Generator().manual_seed(0)
     N, D, V = 32, 3, 4
-    X = torch.randn(N, D, generator=g)
-    model = torch.nn.Linear(D, V)
+    X = torch.randn(N, D, generator=g).to(device)
+    model = torch.nn.Linear(D, V).to(device)
     with torch.no_grad():
         model.weight.copy_(torch.randn(V, D, generator=g))
         model.bias.copy_(torch.randn(V, generator=g))
@@ -397,7 +407,7 @@ def test_sophia_gnb_estimate_is_unbiased_on_softmax_regression():
 
     def loss_of(flat):                                           # mean CE as a function of (W, b)
         Wf, bf = flat[: V * D].view(V, D), flat[V * D:]
-        return F.cross_entropy(X @ Wf.T + bf, torch.zeros(N, dtype=torch.long))
+        return F.cross_entropy(X @ Wf.T + bf, torch.zeros(N, dtype=torch.long, device=device))
 
     flat = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()])
     H = torch.autograd.functional.hessian(loss_of, flat)
@@ -405,9 +415,10 @@ def test_sophia_gnb_estimate_is_unbiased_on_softmax_regression():
 
     opt = Sophia(model.parameters(), betas=(0.9, 0.0))          # β₂ = 0: h = one fresh estimate
     n = 3000
-    samples = torch.empty(n, V * D + V)
+    samples = torch.empty(n, V * D + V, device=device)
+    labels = torch.Generator(device=device).manual_seed(0)      # the resampled labels: on the device
     for i in range(n):
-        opt.update_hessian(logits=model(X), generator=g)
+        opt.update_hessian(logits=model(X), generator=labels)
         samples[i] = torch.cat([opt.state[model.weight]["hessian"].reshape(-1), opt.state[model.bias]["hessian"]])
     truth = torch.cat([gn_W.reshape(-1), gn_b])
     tol = 5 * samples.std(0) / math.sqrt(n)                      # 5 standard errors (CLT)
@@ -422,17 +433,18 @@ def test_sophia_gnb_estimate_is_unbiased_on_softmax_regression():
 
 
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
-def test_no_float64_in_optimizer_state(name):
-    model = torch.nn.Linear(4, 3)
+def test_no_float64_in_optimizer_state(name, device):
+    model = torch.nn.Linear(4, 3).to(device)
     opt = make_optimizer(name, model.parameters(), **CONVEX_CONFIGS[name])   # with momentum state
-    logits = model(torch.randn(5, 4))
-    loss = F.cross_entropy(logits, torch.tensor([0, 1, 2, 0, 1]))
+    logits = model(torch.randn(5, 4).to(device))
+    loss = F.cross_entropy(logits, torch.tensor([0, 1, 2, 0, 1], device=device))
     if isinstance(opt, Sophia):
         opt.update_hessian(logits=logits)
     loss.backward()
     opt.step()
     tensors = [v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
     assert tensors and all(t.dtype == torch.float32 for t in tensors)
+    assert all(t.device.type == device.type for t in tensors)  # state lives with the parameters
 
 
 def test_bad_hyperparameters_raise_clear_errors():

@@ -47,31 +47,36 @@ def _randomize(model: RWKV, seed: int = 0) -> RWKV:
     return model
 
 
-def _tiny(vocab=50, layers=3, d=32, **kw):
-    torch.manual_seed(0)
-    return _randomize(RWKV(RWKVConfig(vocab_size=vocab, n_layers=layers, d_model=d, **kw)))
+def _tiny(vocab=50, layers=3, d=32, device="cpu", **kw):
+    torch.manual_seed(0)  # built on the CPU: the same weights on every device
+    return _randomize(RWKV(RWKVConfig(vocab_size=vocab, n_layers=layers, d_model=d, **kw))).to(device)
+
+
+def _on(device, *tensors):
+    return [t.to(device) for t in tensors]
 
 
 # ------------------------------------------------------------------------------------ WKV
-def test_recurrent_wkv_matches_paper_formula():
+# The inputs are drawn on the CPU and moved to the device; the float64 references run on the CPU.
+def test_recurrent_wkv_matches_paper_formula(device):
     w, u, k, v = _random_wkv()
-    y, _ = wkv_recurrent(w, u, k, v)
-    assert np.abs(y.numpy() - _wkv_formula(w, u, k, v)).max() < 1e-5
+    y, _ = wkv_recurrent(*_on(device, w, u, k, v))
+    assert np.abs(y.cpu().numpy() - _wkv_formula(w, u, k, v)).max() < 1e-5
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 5, 16])
-def test_parallel_wkv_matches_paper_formula_and_recurrent_state(chunk):
-    w, u, k, v = _random_wkv()
+def test_parallel_wkv_matches_paper_formula_and_recurrent_state(chunk, device):
+    w, u, k, v = _on(device, *_random_wkv())
     y, (aa, bb, pp) = wkv_parallel(w, u, k, v, chunk_size=chunk)
-    assert np.abs(y.numpy() - _wkv_formula(w, u, k, v)).max() < 1e-5
+    assert np.abs(y.cpu().numpy() - _wkv_formula(*(t.cpu() for t in (w, u, k, v)))).max() < 1e-5
     _, (aa_r, bb_r, pp_r) = wkv_recurrent(w, u, k, v)
     # the states may use different max exponents; the sums they stand for must agree
     assert torch.allclose(aa * torch.exp(pp - pp_r), aa_r, rtol=1e-5, atol=1e-6)
     assert torch.allclose(bb * torch.exp(pp - pp_r), bb_r, rtol=1e-5, atol=1e-6)
 
 
-def test_wkv_continues_from_a_state():
-    w, u, k, v = _random_wkv(T=30)
+def test_wkv_continues_from_a_state(device):
+    w, u, k, v = _on(device, *_random_wkv(T=30))
     full, _ = wkv_parallel(w, u, k, v)
     _, s = wkv_recurrent(w, u, k[:, :11], v[:, :11])
     rest_par, _ = wkv_parallel(w, u, k[:, 11:], v[:, 11:], state=s, chunk_size=7)
@@ -80,22 +85,22 @@ def test_wkv_continues_from_a_state():
     assert (rest_rec - full[:, 11:]).abs().max() < 1e-5
 
 
-def test_parallel_wkv_gradients_match_recurrent_and_finite_differences():
+def test_parallel_wkv_gradients_match_recurrent_and_finite_differences(device):
     w, u, k, v = _random_wkv(B=1, T=9, C=3)
     grads = []
     for fn in (lambda *a: wkv_parallel(*a, chunk_size=4), wkv_recurrent):
-        ts = [t.clone().requires_grad_(True) for t in (w, u, k, v)]
+        ts = [t.to(device).requires_grad_(True) for t in (w, u, k, v)]
         y, _ = fn(*ts)
-        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        (y * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum().backward()
         grads.append([t.grad for t in ts])
     for gp, gr in zip(*grads):
         assert torch.allclose(gp, gr, rtol=1e-4, atol=1e-5)
-    # finite differences (float64 only inside this test)
+    # finite differences (float64 only inside this test, on the CPU: MPS has no float64)
     ts = [t.double().requires_grad_(True) for t in (w, u, k, v)]
     assert torch.autograd.gradcheck(lambda *a: wkv_parallel(*a, chunk_size=4)[0], ts)
 
 
-def test_large_keys_over_a_long_stream_stay_exact():
+def test_large_keys_over_a_long_stream_stay_exact(device):
     """Keys up to 90 overflow float32 exp (e^89 > 3.4e38); the running max keeps everything finite."""
     B, T, C = 1, 3000, 4
     g = torch.Generator().manual_seed(1)
@@ -104,10 +109,11 @@ def test_large_keys_over_a_long_stream_stay_exact():
     k = torch.rand(B, T, C, generator=g) * 140 - 50  # in [-50, 90]
     v = torch.randn(B, T, C, generator=g)
     assert torch.isinf(torch.exp(k)).any()  # the naive float32 formula would overflow
-    y_rec, state = wkv_recurrent(w, u, k, v)
-    y_par, _ = wkv_parallel(w, u, k, v, chunk_size=64)
+    y_rec, state = wkv_recurrent(*_on(device, w, u, k, v))
+    y_par, _ = wkv_parallel(*_on(device, w, u, k, v), chunk_size=64)
     assert torch.isfinite(y_rec).all() and torch.isfinite(y_par).all()
     assert all(torch.isfinite(s).all() for s in state)
+    y_rec, y_par = y_rec.cpu(), y_par.cpu()
     # float64 reference in log space: wkv_t = sum_i softmax(exponents)_i v_i
     kd, vd, wd, ud = k[0].double(), v[0].double(), w.double(), u.double()
     ref = torch.empty(T, C, dtype=torch.float64)
@@ -128,9 +134,9 @@ def test_large_keys_over_a_long_stream_stay_exact():
 
 
 # ---------------------------------------------------------------------------------- model
-def test_parallel_and_recurrent_model_agree_to_1e_5():
-    model = _tiny()
-    idx = torch.randint(0, 50, (2, 40), generator=torch.Generator().manual_seed(3))
+def test_parallel_and_recurrent_model_agree_to_1e_5(device):
+    model = _tiny(device=device)
+    idx = torch.randint(0, 50, (2, 40), generator=torch.Generator().manual_seed(3)).to(device)
     with torch.no_grad():
         par = model(idx, mode="parallel")
         rec = model(idx, mode="recurrent")
@@ -145,9 +151,9 @@ def test_parallel_and_recurrent_model_agree_to_1e_5():
     assert (par - step).abs().max() < 1e-5
 
 
-def test_chunk_size_does_not_change_the_result():
-    model = _tiny(chunk_size=None)
-    idx = torch.randint(0, 50, (2, 33), generator=torch.Generator().manual_seed(4))
+def test_chunk_size_does_not_change_the_result(device):
+    model = _tiny(chunk_size=None, device=device)
+    idx = torch.randint(0, 50, (2, 33), generator=torch.Generator().manual_seed(4)).to(device)
     with torch.no_grad():
         ref = model(idx)
         for chunk in (1, 8, 32):
@@ -155,10 +161,10 @@ def test_chunk_size_does_not_change_the_result():
             assert (model(idx) - ref).abs().max() < 1e-5
 
 
-def test_causal_and_state_continuation():
-    model = _tiny()
+def test_causal_and_state_continuation(device):
+    model = _tiny(device=device)
     g = torch.Generator().manual_seed(5)
-    idx = torch.randint(0, 50, (1, 20), generator=g)
+    idx = torch.randint(0, 50, (1, 20), generator=g).to(device)
     with torch.no_grad():
         ref = model(idx)
         changed = idx.clone()
@@ -171,11 +177,11 @@ def test_causal_and_state_continuation():
         assert (torch.cat([a, b], 1) - ref).abs().max() < 1e-5
 
 
-def test_token_shift_mixes_the_previous_normalised_token():
+def test_token_shift_mixes_the_previous_normalised_token(device):
     """mu = 1 sees only x_t; mu = 0 sees only x_{t-1} (zeros before the first token)."""
-    model = _tiny(layers=1)
+    model = _tiny(layers=1, device=device)
     att = model.blocks[0].att
-    x = torch.randn(1, 5, 32)
+    x = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         att.time_mix_k.fill_(0.0)
         att.time_mix_v.fill_(1.0)
@@ -184,13 +190,13 @@ def test_token_shift_mixes_the_previous_normalised_token():
         att.key.register_forward_hook(lambda m, inp, out: k_seen.setdefault("in", inp[0]))
         att(x, None, "parallel")
     shifted = k_seen["in"]
-    assert torch.equal(shifted[:, 0], torch.zeros(1, 32))
+    assert torch.equal(shifted[:, 0], torch.zeros(1, 32, device=device))
     assert torch.equal(shifted[:, 1:], x[:, :-1])
 
 
-def test_generate_uses_the_state_and_matches_full_recomputation():
-    model = _tiny()
-    prompt = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(6))
+def test_generate_uses_the_state_and_matches_full_recomputation(device):
+    model = _tiny(device=device)
+    prompt = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(6)).to(device)
     out = model.generate(prompt, 12, temperature=0)
     # independent check: greedy decoding by re-running the whole parallel model every step
     seq = prompt
@@ -201,10 +207,10 @@ def test_generate_uses_the_state_and_matches_full_recomputation():
     assert torch.equal(out, seq)
 
 
-def test_state_is_constant_size():
-    model = _tiny()
-    _, s1 = model(torch.zeros(1, 5, dtype=torch.long), return_state=True)
-    _, s2 = model(torch.zeros(1, 300, dtype=torch.long), return_state=True)
+def test_state_is_constant_size(device):
+    model = _tiny(device=device)
+    _, s1 = model(torch.zeros(1, 5, dtype=torch.long, device=device), return_state=True)
+    _, s2 = model(torch.zeros(1, 300, dtype=torch.long, device=device), return_state=True)
     assert [tuple(t.shape) for layer in s1 for t in layer] == [tuple(t.shape) for layer in s2 for t in layer]
     assert len(s1) == 3 and all(len(layer) == 5 for layer in s1)
 
@@ -226,10 +232,10 @@ def test_reference_initialisation():
         assert abs(m.loss(idx, idx).item() - math.log(40)) < 0.5  # an untrained model is near uniform
 
 
-def test_training_reduces_loss():
+def test_training_reduces_loss(device):
     torch.manual_seed(0)
-    m = RWKV(RWKVConfig(vocab_size=12, n_layers=2, d_model=32))
-    seq = torch.arange(12).repeat(5)[None, :]  # a fully predictable sequence
+    m = RWKV(RWKVConfig(vocab_size=12, n_layers=2, d_model=32)).to(device)
+    seq = torch.arange(12, device=device).repeat(5)[None, :]  # a fully predictable sequence
     x, y = seq[:, :-1], seq[:, 1:]
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
     first = m.loss(x, y).item()
@@ -288,18 +294,19 @@ def _wkv_step_by_step(w, u, k, v):
 
 
 @pytest.mark.parametrize("mode", ["parallel", "recurrent"])
-def test_time_mix_wkv_is_the_recurrence_with_decay_exp_of_minus_exp_time_decay(mode):
+def test_time_mix_wkv_is_the_recurrence_with_decay_exp_of_minus_exp_time_decay(mode, device):
     """time_decay holds log w: TimeMix's WKV (and its state) is the recurrence above with w = exp(time_decay)."""
-    m = _tiny(layers=1, d=8, vocab=5, chunk_size=16)
+    m = _tiny(layers=1, d=8, vocab=5, chunk_size=16, device=device)
     att = m.blocks[0].att
-    seen = {}
+    seen = {}  # what the layer computed on the device, moved to the CPU for the float64 reference
     for name in ("key", "value", "receptance"):
-        getattr(att, name).register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out))
-    att.output.register_forward_hook(lambda mod, inp, out: seen.__setitem__("gated", inp[0]))  # sigmoid(r) * wkv
-    x = torch.randn(2, 23, 8, generator=torch.Generator().manual_seed(7))  # 23 tokens: two parallel chunks
+        getattr(att, name).register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out.cpu()))
+    att.output.register_forward_hook(lambda mod, inp, out: seen.__setitem__("gated", inp[0].cpu()))  # sigmoid(r) * wkv
+    x = torch.randn(2, 23, 8, generator=torch.Generator().manual_seed(7)).to(device)  # 23 tokens: two parallel chunks
     with torch.no_grad():
-        _, (_, aa, bb, pp) = att(x, None, mode)
-    ref, (a, b) = _wkv_step_by_step(torch.exp(att.time_decay), att.time_first, seen["key"], seen["value"])
+        _, state = att(x, None, mode)
+    aa, bb, pp = (t.cpu() for t in state[1:])
+    ref, (a, b) = _wkv_step_by_step(torch.exp(att.time_decay.cpu()), att.time_first.cpu(), seen["key"], seen["value"])
     assert ref.abs().max() > 0.5  # not a comparison of near-zero numbers
     gated_ref = torch.sigmoid(seen["receptance"].double()) * ref
     torch.testing.assert_close(seen["gated"].double(), gated_ref, rtol=1e-5, atol=1e-5)
@@ -308,15 +315,16 @@ def test_time_mix_wkv_is_the_recurrence_with_decay_exp_of_minus_exp_time_decay(m
     torch.testing.assert_close(bb.double() * torch.exp(pp.double()), b, rtol=1e-5, atol=1e-5)
 
 
-def test_checkpoint_round_trip(tmp_path):
-    m = _tiny()
+def test_checkpoint_round_trip(tmp_path, device):
+    m = _tiny(device=device)
     path = tmp_path / "rwkv4.pth"
     m.save_rwkv4(path)
-    loaded = RWKV.from_rwkv4(path)
+    loaded = RWKV.from_rwkv4(path)  # read onto the CPU (map_location="cpu"), whatever saved it
     assert loaded.config.n_layers == 3 and loaded.config.d_model == 32 and loaded.config.d_ff == 128
-    idx = torch.randint(0, 50, (2, 10))
+    assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+    idx = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(8)).to(device)
     with torch.no_grad():
-        assert torch.equal(loaded(idx), m(idx))
+        assert torch.equal(loaded.to(device)(idx), m(idx))  # the same weights, the same kernels: bit for bit
     # half-precision files (like the published Pile models) load as float32
     half = {k: v.to(torch.bfloat16) for k, v in m.state_dict_rwkv4().items()}
     fresh = RWKV(RWKVConfig(vocab_size=50, n_layers=3, d_model=32)).load_rwkv4(half)

@@ -20,54 +20,60 @@ def scan_closed_form(x, delta, A, B, C, D):
     T = x.size(1)
     cum = delta.cumsum(dim=1)  # (Bt, T, Dm): sum_{r<=t} Delta_r
     gap = cum[:, :, None, :] - cum[:, None, :, :]  # (Bt, t, s, Dm): sum_{r=s+1..t} Delta_r
-    causal = torch.ones(T, T, dtype=torch.bool).tril()[None, :, :, None, None]
+    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, :, :, None, None]
     decay = torch.exp(gap[..., None] * A).masked_fill(~causal, 0.0)  # (Bt, t, s, Dm, N)
     inp = delta[..., None] * B[:, :, None, :] * x[..., None]  # (Bt, s, Dm, N)
     h = (decay * inp[:, None]).sum(dim=2)  # (Bt, t, Dm, N)
     return (h * C[:, :, None, :]).sum(-1) + D * x, h[:, -1]
 
 
-def random_scan_inputs(Bt=2, T=9, Dm=5, N=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
+def random_scan_inputs(Bt=2, T=9, Dm=5, N=3, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same numbers on every device
     x = torch.randn(Bt, T, Dm, generator=g)
     delta = torch.nn.functional.softplus(torch.randn(Bt, T, Dm, generator=g))
     A = -torch.exp(torch.randn(Dm, N, generator=g))
     B, C = torch.randn(Bt, T, N, generator=g), torch.randn(Bt, T, N, generator=g)
     D = torch.randn(Dm, generator=g)
-    return x, delta, A, B, C, D
+    return tuple(t.to(device) for t in (x, delta, A, B, C, D))
 
 
-def test_selective_scan_matches_closed_form():
-    args = random_scan_inputs()
+def test_selective_scan_matches_closed_form(device):
+    args = random_scan_inputs(device=device)
     y, h = selective_scan(*args)
     y_ref, h_ref = scan_closed_form(*args)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
 
 
-def test_selective_scan_time_invariant_case_is_a_decaying_sum():
+def test_selective_scan_time_invariant_case_is_a_decaying_sum(device):
     # One channel, N = 1, constant Delta = 1, A = -a, B = C = 1, D = 0: y_t = sum_s exp(-a (t-s)) x_s.
     T, a = 6, 0.7
-    x = torch.randn(1, T, 1)
-    ones = torch.ones(1, T, 1)
-    y, _ = selective_scan(x, ones, torch.tensor([[-a]]), ones, ones, torch.zeros(1))
+    x = torch.randn(1, T, 1, generator=torch.Generator().manual_seed(0))
+    ones = torch.ones(1, T, 1, device=device)
+    y, _ = selective_scan(x.to(device), ones, torch.tensor([[-a]], device=device), ones, ones,
+                          torch.zeros(1, device=device))
     ref = [sum(math.exp(-a * (t - s)) * float(x[0, s, 0]) for s in range(t + 1)) for t in range(T)]
-    torch.testing.assert_close(y[0, :, 0], torch.tensor(ref), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y[0, :, 0].cpu(), torch.tensor(ref), atol=1e-5, rtol=1e-5)
 
 
-def perturbed_layer(seed=0, **kw):
-    torch.manual_seed(seed)
+def perturbed_layer(seed=0, device="cpu", **kw):
+    torch.manual_seed(seed)  # built and perturbed on the CPU: the same weights on every device
     layer = SelectiveSSM(8, **kw)
     with torch.no_grad():  # move every parameter off its init so that no term is trivially zero
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    return layer
+    return layer.to(device)
+
+
+def randn(*shape, device, seed=0):
+    """Standard normal numbers drawn on the CPU (the same on every device), moved to ``device``."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 @pytest.mark.parametrize("d_conv", [1, 4])
-def test_step_equals_full_sequence_scan(d_conv):
-    layer = perturbed_layer(d_state=4, d_conv=d_conv)
-    u = torch.randn(2, 13, 8)
+def test_step_equals_full_sequence_scan(d_conv, device):
+    layer = perturbed_layer(d_state=4, d_conv=d_conv, device=device)
+    u = randn(2, 13, 8, device=device)
     full, final = layer(u, return_state=True)
     state, ys = None, []
     for t in range(13):
@@ -78,19 +84,19 @@ def test_step_equals_full_sequence_scan(d_conv):
     torch.testing.assert_close(state.conv, final.conv)
 
 
-def test_forward_in_two_pieces_carries_the_state():
-    layer = perturbed_layer(d_state=4)
-    u = torch.randn(2, 12, 8)
+def test_forward_in_two_pieces_carries_the_state(device):
+    layer = perturbed_layer(d_state=4, device=device)
+    u = randn(2, 12, 8, device=device)
     first, state = layer(u[:, :5], return_state=True)
     second = layer(u[:, 5:], state)
     torch.testing.assert_close(torch.cat([first, second], 1), layer(u), atol=1e-5, rtol=1e-5)
 
 
-def test_layer_is_causal():
-    layer = perturbed_layer()
-    u = torch.randn(1, 10, 8)
+def test_layer_is_causal(device):
+    layer = perturbed_layer(device=device)
+    u = randn(1, 10, 8, device=device)
     v = u.clone()
-    v[:, 6:] += torch.randn(1, 4, 8)
+    v[:, 6:] += randn(1, 4, 8, device=device, seed=1)
     torch.testing.assert_close(layer(u)[:, :6], layer(v)[:, :6])
     assert not torch.allclose(layer(u)[:, 6:], layer(v)[:, 6:])
 
@@ -102,14 +108,14 @@ def test_state_size_is_fixed():
     assert s_short.nbytes() == s_long.nbytes() == (16 * 4 + 16 * 3) * 4
 
 
-def tiny_lm(seed=0):
+def tiny_lm(seed=0, device="cpu"):
     torch.manual_seed(seed)
-    return SSMLM(SSMConfig(vocab_size=19, n_layers=2, d_model=16, d_state=4))
+    return SSMLM(SSMConfig(vocab_size=19, n_layers=2, d_model=16, d_state=4)).to(device)
 
 
-def test_ssmlm_step_equals_forward_and_generates():
-    model = tiny_lm().eval()
-    idx = torch.randint(0, 19, (2, 10))
+def test_ssmlm_step_equals_forward_and_generates(device):
+    model = tiny_lm(device=device).eval()
+    idx = torch.randint(0, 19, (2, 10), generator=torch.Generator().manual_seed(0)).to(device)
     logits = model(idx)
     assert logits.shape == (2, 10, 19)
     state, steps = None, []
@@ -123,9 +129,9 @@ def test_ssmlm_step_equals_forward_and_generates():
         assert torch.equal(out[:, t], model(out[:, :t])[:, -1].argmax(-1))
 
 
-def test_ssmlm_trains_and_counts():
-    model = tiny_lm()
-    idx = torch.randint(0, 19, (4, 12))
+def test_ssmlm_trains_and_counts(device):
+    model = tiny_lm(device=device)
+    idx = torch.randint(0, 19, (4, 12), generator=torch.Generator().manual_seed(0)).to(device)
     loss = model.loss(idx[:, :-1], idx[:, 1:])
     assert abs(loss.item() - math.log(19)) < 0.3  # untrained: close to uniform
     loss.backward()

@@ -24,7 +24,7 @@ VAL = LANG.sample(8_000, seed=2)
 
 
 def model(seed=0, **kw):
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # built on the CPU: the same initial weights whatever device trains it
     cfg = dict(vocab_size=16, context_length=16, n_layers=1, n_heads=2, d_model=32)
     cfg.update(kw)
     return GPT(GPTConfig(**cfg))
@@ -36,11 +36,15 @@ def run(m, **kw):
     return train(m, TRAIN, VAL, **args)
 
 
-def test_loss_falls_below_unigram_entropy_but_not_below_entropy_rate():
+# Tests that take the ``device`` fixture train on $MINILM_TEST_DEVICE (train moves the model there;
+# on CUDA with its default bf16 autocast). Where they compare two runs bit for bit, the model uses
+# explicit attention: plain matmuls, deterministic on GPUs too (the fused SDPA backward kernels
+# may sum in a different order from one call to the next).
+def test_loss_falls_below_unigram_entropy_but_not_below_entropy_rate(device):
     m = model()
-    h = run(m, steps=250, eval_every=250)
+    h = run(m, steps=250, eval_every=250, device=device)
     unigram = _entropy(np.bincount(TRAIN, minlength=16) / len(TRAIN))
-    val = evaluate(m, VAL, device="cpu")
+    val = evaluate(m, VAL)  # where the model lives: the device
     assert h["train_loss"][0] == pytest.approx(math.log(16), abs=0.15)
     assert val < unigram - 0.3, (val, unigram)  # it learned to use the context
     # Never meaningfully below the exact entropy rate (allowing 4 standard errors of the estimate).
@@ -48,25 +52,12 @@ def test_loss_falls_below_unigram_entropy_but_not_below_entropy_rate():
     assert val > LANG.entropy_rate() - 4 * se, (val, LANG.entropy_rate())
 
 
-def test_same_seed_same_curve_different_seed_different_curve():
-    a = run(model())["train_loss"]
-    b = run(model())["train_loss"]
-    c = run(model(), seed=1)["train_loss"]
+def test_same_seed_same_curve_different_seed_different_curve(device):
+    a = run(model(attn_impl="explicit"), device=device)["train_loss"]
+    b = run(model(attn_impl="explicit"), device=device)["train_loss"]
+    c = run(model(attn_impl="explicit"), seed=1, device=device)["train_loss"]
     assert a == b
     assert a != c
-
-
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                  reason="needs a CUDA GPU; this machine has none")),
-    pytest.param("mps", marks=pytest.mark.skipif(not _mps_available(),
-                                                 reason="needs Apple's MPS; not available on this machine")),
-]
 
 
 def dropout_model(seed=0):
@@ -83,12 +74,11 @@ def interrupted(tmp_path, m, **kw):
     return ckpt
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_resume_continues_loss_curve_exactly(tmp_path, device):
     full = run(dropout_model(), steps=40, device=device)
     ckpt = interrupted(tmp_path, dropout_model(), device=device)
     saved = torch.load(ckpt, weights_only=True)  # RNG states are plain tensors: safe loading works
-    generator = "torch" if device == "cpu" else device
+    generator = "torch" if device.type == "cpu" else device.type
     assert saved["step"] == 20 and generator in saved["rng"]
     resumed = run(dropout_model(seed=123), steps=40, device=device, checkpoint_path=ckpt, resume=True)
     assert resumed["train_loss"] == full["train_loss"]
@@ -166,27 +156,29 @@ def test_checkpoints_with_only_numpy_and_torch_streams_still_resume_exactly(tmp_
     assert resumed["train_loss"] == full["train_loss"]
 
 
-def test_checkpoint_is_weights_only_and_rebuilds_model(tmp_path):
+def test_checkpoint_is_weights_only_and_rebuilds_model(tmp_path, device):
     m = model()
-    run(m, steps=5, checkpoint_path=tmp_path / "c.pt")
+    run(m, steps=5, checkpoint_path=tmp_path / "c.pt", device=device)
     raw = torch.load(tmp_path / "c.pt", weights_only=True)
     assert raw["format"] == "minilm-checkpoint-v1"
-    again = model_from_checkpoint(tmp_path / "c.pt")
-    x = torch.randint(0, 16, (2, 16))
-    assert torch.equal(again(x), m(x))
+    again = model_from_checkpoint(tmp_path / "c.pt")  # onto the CPU, whatever device wrote it
+    assert all(p.device.type == "cpu" for p in again.parameters())
+    x = torch.randint(0, 16, (2, 16)).to(device)
+    with torch.no_grad():
+        assert torch.equal(again.to(device)(x), m(x))  # the same weights, the same kernels: bit for bit
     assert not list(tmp_path.glob("*.tmp"))  # the atomic write left nothing behind
 
 
-def test_divergence_raises_and_keeps_last_good_checkpoint(tmp_path):
+def test_divergence_raises_and_keeps_last_good_checkpoint(tmp_path, device):
     ckpt = tmp_path / "c.pt"
     m = model()
-    good = run(m, steps=10, checkpoint_path=ckpt)
+    good = run(m, steps=10, checkpoint_path=ckpt, device=device)
     def poison(info):  # simulate a blow-up after the checkpoint was written
         if info["step"] == 12:
             with torch.no_grad():
                 info["model"].head.weight.fill_(float("nan"))
     with pytest.raises(TrainingDivergedError, match="lower learning rate"):
-        run(m, steps=30, checkpoint_path=ckpt, resume=True, callbacks=[poison])
+        run(m, steps=30, checkpoint_path=ckpt, resume=True, callbacks=[poison], device=device)
     saved = load_checkpoint(ckpt)
     assert saved["step"] == 10 and saved["history"]["train_loss"] == good["train_loss"]
     assert all(torch.isfinite(t).all() for t in saved["model"].values())
@@ -229,14 +221,14 @@ def test_device_auto_and_errors():
             resolve_device("cuda")
 
 
-def test_no_float64_in_model_or_training():
+def test_no_float64_in_model_or_training(device):
     m = model()
-    run(m, steps=3)
-    assert all(p.dtype == torch.float32 for p in m.parameters())
+    run(m, steps=3, device=device)
+    assert all(p.dtype == torch.float32 and p.device.type == device.type for p in m.parameters())
 
 
 @pytest.mark.parametrize("kind", ["gpt", "rwkv", "lstm", "ngram", "ssm"])
-def test_every_model_kind_round_trips_through_a_checkpoint(kind, tmp_path):
+def test_every_model_kind_round_trips_through_a_checkpoint(kind, tmp_path, device):
     from minilm.checkpoint import save_checkpoint
     from minilm.models import build_model
 
@@ -244,16 +236,17 @@ def test_every_model_kind_round_trips_through_a_checkpoint(kind, tmp_path):
     m = build_model(kind, vocab_size=16, size="tiny", context_length=16)
     if hasattr(m, "fit"):
         m.fit(TRAIN[:5000])
+    m.to(device)  # saved from the device (the n-gram model has no tensors to move)
     save_checkpoint(tmp_path / "m.pt", m)
-    again = model_from_checkpoint(tmp_path / "m.pt")
-    x = torch.randint(0, 16, (2, 16))
+    again = model_from_checkpoint(tmp_path / "m.pt").to(device)
+    x = torch.randint(0, 16, (2, 16)).to(device)
     m.eval()
     again.eval()
     with torch.no_grad():
         assert torch.equal(again(x), m(x))
 
 
-def test_sophia_gets_its_hessian_refresh_inside_train():
+def test_sophia_gets_its_hessian_refresh_inside_train(device):
     """train() calls Sophia.update_hessian before backward when it is due: same result as a hand loop."""
     import torch.nn.functional as F
 
@@ -261,17 +254,17 @@ def test_sophia_gets_its_hessian_refresh_inside_train():
     from minilm.optim import Sophia
 
     steps, k = 7, 3
-    a = model(seed=1)
+    a = model(seed=1, attn_impl="explicit").to(device)  # the optimizer is built on the device's tensors
     opt_a = Sophia(a.parameters(), lr=1e-3, hessian_interval=k)
-    run(a, steps=steps, optimizer=opt_a, grad_clip=None, eval_every=100)
+    run(a, steps=steps, optimizer=opt_a, grad_clip=None, eval_every=100, device=device, autocast=False)
 
-    b = model(seed=1)
+    b = model(seed=1, attn_impl="explicit").to(device)
     opt_b = Sophia(b.parameters(), lr=1e-3, hessian_interval=k)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # as train() does: the labels Sophia-G resamples come from the device's generator
     rng = np.random.default_rng(0)
     refreshes = 0
     for _ in range(steps):
-        x, y = get_batch(TRAIN, 16, 16, "cpu", rng)
+        x, y = get_batch(TRAIN, 16, 16, device, rng)
         logits = b(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         opt_b.zero_grad()
@@ -286,11 +279,12 @@ def test_sophia_gets_its_hessian_refresh_inside_train():
     assert all(float(opt_a.state[p]["hessian"].abs().sum()) > 0 for p in a.parameters())
 
 
-def test_default_optimizer_matches_per_tensor_adamw_and_skips_decay_on_vectors():
+def test_default_optimizer_matches_per_tensor_adamw_and_skips_decay_on_vectors(device):
     # default_optimizer may use PyTorch's fused kernel; its steps must equal the plain per-tensor
     # AdamW loop with decay 0.1 on matrices and none on the norms' gains.
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=11, context_length=8, n_layers=1, n_heads=2, d_model=16))
+    model = GPT(GPTConfig(vocab_size=11, context_length=8, n_layers=1, n_heads=2, d_model=16,
+                          attn_impl="explicit")).to(device)  # deterministic gradients on GPUs too
     ref = copy.deepcopy(model)
     opt = default_optimizer(model, lr=1e-2)
     matrices = [p for p in ref.parameters() if p.dim() >= 2]
@@ -299,7 +293,7 @@ def test_default_optimizer_matches_per_tensor_adamw_and_skips_decay_on_vectors()
                                 lr=1e-2, betas=(0.9, 0.95), foreach=False)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
-    idx = torch.randint(0, 11, (4, 9))
+    idx = torch.randint(0, 11, (4, 9)).to(device)
     for _ in range(5):
         for m, o in ((model, opt), (ref, ref_opt)):
             o.zero_grad()
@@ -309,16 +303,17 @@ def test_default_optimizer_matches_per_tensor_adamw_and_skips_decay_on_vectors()
         assert torch.allclose(p, q, atol=1e-6)
 
 
-def test_evaluate_runs_where_the_model_lives(monkeypatch):
-    m = model()
+def test_evaluate_runs_where_the_model_lives(monkeypatch, device):
+    m = model().to(device)
     ngram = build_model("ngram", vocab_size=16, size="tiny", context_length=16).fit(TRAIN[:5000])
-    expected = evaluate(m, VAL, device="cpu"), evaluate(ngram, VAL, context_length=16, device="cpu")
+    expected = evaluate(m, VAL, device=device), evaluate(ngram, VAL, context_length=16, device="cpu")
 
     def no_resolving(device="auto", verbose=False):
         raise AssertionError(f"evaluate asked resolve_device({device!r}) instead of using the model's device")
     monkeypatch.setattr(train_module, "resolve_device", no_resolving)
     # GPT: its parameters' device; the n-gram model has no parameters or buffers: CPU.
     assert (evaluate(m, VAL), evaluate(ngram, VAL, context_length=16)) == expected
+    assert train_module._model_device(m).type == device.type
     assert train_module._model_device(model().to("meta")) == torch.device("meta")
 
 

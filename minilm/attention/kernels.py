@@ -29,6 +29,8 @@ def masked_attention(
     impl="explicit": written out (materialises the (B, H, T, T) scores; the GPT's own code);
     impl="sdpa": ``F.scaled_dot_product_attention`` (fused; without a mask it uses ``is_causal``).
     """
+    if mask is not None:
+        mask = mask.to(device=q.device, dtype=torch.bool)  # masks are built on the CPU by minilm.attention.masks
     if impl == "explicit":
         allowed = full_causal_mask(q.size(-2), q.device) if mask is None else mask
         return explicit_attention(q, k, v, allowed)[0]

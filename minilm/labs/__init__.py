@@ -33,6 +33,7 @@ LAB_MODULES = {
     "01": "minilm.labs.lab01",
     "02": "minilm.labs.lab02",
     "03": "minilm.labs.lab03",
+    "04": "minilm.labs.lab04",
 }
 # Lab 99, the small demo lab the grader's own tests use: found by id, but not part of the course
 # (its notebooks are test fixtures, so `minilm lab list` does not show it).

@@ -11,6 +11,8 @@ Conventions that differ between references are explicit here:
     eq. 34); ``rope_pairing="half"`` gives the GPT-NeoX / Hugging Face Llama pairing (x[i], x[i+d/2]).
   - Attention masks are boolean with ``True = may attend`` (PyTorch's SDPA polarity).
   - Linear weights are stored (out_features, in_features), PyTorch's layout.
+  - ``parametrization="mup"`` (with ``base_width``) gives μP's init, attention scale and readout
+    multiplier instead of the standard ones: the rules and their reasons are in ``minilm.mup``.
 
 This file is the reference: RMSNorm, RoPE, SwiGLU and attention written as their papers'
 formulas and differentiated by autograd. The same layers with hand-derived backward passes live
@@ -30,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minilm import kernels as fast_kernels
+from minilm import mup
 from minilm.models.base import LanguageModel
 from minilm.models.kv_cache import KVCache
 
@@ -52,6 +55,8 @@ class GPTConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     kernels: str = "fast"  # "fast" (minilm.kernels, hand-derived backwards) or "reference" (this file)
+    parametrization: str = "standard"  # "standard" (SP) or "mup" (μP: init, lrs and multipliers of minilm.mup)
+    base_width: int | None = None  # μP's base d_model: width_mult = d_model / base_width (unused by "standard")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
@@ -85,10 +90,16 @@ class GPTConfig:
                 f"GPTConfig.kernels must be 'fast' (minilm.kernels) or 'reference' (the formulas of "
                 f"minilm.models.gpt), got {self.kernels!r}"
             )
+        mup.check_config(self.parametrization, self.base_width, self.tie_embeddings)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def width_mult(self) -> float:
+        """μP's width multiplier d_model / base_width; 1.0 under the standard parametrization."""
+        return self.d_model / self.base_width if self.parametrization == "mup" else 1.0
 
 
 # ------------------------------------------------------------------------------------ RMSNorm
@@ -178,16 +189,20 @@ def causal_mask(T: int, device: torch.device | None = None) -> torch.Tensor:
 
 
 def explicit_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, dropout_p: float = 0.0
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, dropout_p: float = 0.0,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T / sqrt(d) with disallowed pairs at -inf) v, written out step by step.
 
     q: (B, H, Tq, d), k and v: (B, H, Tk, d), allowed: (Tq, Tk) bool, True = may attend.
     dropout_p: zero each attention probability with this probability and scale the others by
-    1 / (1 - p) (inverted dropout on the weights, as SDPA does). Returns the output (B, H, Tq, d)
-    and the attention weights (B, H, Tq, Tk) that multiplied v (after dropout, if any).
+    1 / (1 - p) (inverted dropout on the weights, as SDPA does). scale: multiplies q k^T instead
+    of 1 / sqrt(d) (None), as SDPA's ``scale=`` (μP uses sqrt(d0) / d, see ``minilm.mup``).
+    Returns the output (B, H, Tq, d) and the attention weights (B, H, Tq, Tk) that multiplied v
+    (after dropout, if any).
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
+    scores = scores / math.sqrt(q.size(-1)) if scale is None else scores * scale
     scores = scores.masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores.float(), dim=-1).type_as(q)
     if dropout_p > 0.0:
@@ -206,6 +221,9 @@ class CausalSelfAttention(nn.Module):
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.rope = _kernels(cfg).apply_rope
+        self.scale = None  # scores * scale; None: SP's 1/sqrt(hd)
+        if cfg.parametrization == "mup":  # μP's 1/d attention, sqrt(d0)/hd with d0 the base head size
+            self.scale = mup.attention_scale(cfg.head_dim, cfg.base_width / cfg.n_heads)
 
     def forward(
         self,
@@ -242,7 +260,10 @@ class CausalSelfAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """softmax(q k^T / sqrt(hd)) v: q (B, H, T, hd), k and v (B, H, Tk, hd) -> (B, H, T, hd).
+        """softmax(q k^T * scale) v: q (B, H, T, hd), k and v (B, H, Tk, hd) -> (B, H, T, hd).
+
+        scale = 1/sqrt(hd) (SP) or μP's sqrt(d0)/hd (``self.scale``), on every path (explicit,
+        SDPA, with or without a KV cache).
 
         Explicit (returns the weights) or SDPA (fused, no weights) as ``cfg.attn_impl`` says. In
         training mode both drop attention probabilities with p = ``cfg.dropout`` (inverted
@@ -251,8 +272,9 @@ class CausalSelfAttention(nn.Module):
         p = self.cfg.dropout if self.training else 0.0
         if self.cfg.attn_impl == "explicit" or need_weights:
             mask = allowed if allowed is not None else causal_mask(q.size(-2), q.device)
-            return explicit_attention(q, k, v, mask, dropout_p=p)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, is_causal=allowed is None)
+            return explicit_attention(q, k, v, mask, dropout_p=p, scale=self.scale)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, is_causal=allowed is None,
+                                           scale=self.scale)
         return y, None
 
 
@@ -311,6 +333,19 @@ class GPT(LanguageModel):
         for name, p in self.named_parameters():
             if name.endswith("wo.weight") or name.endswith("w2.weight"):
                 nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layers))
+        self.readout_mult = None  # logits * readout_mult; None: SP, no multiplier
+        if config.parametrization == "mup":  # μP (minilm.mup): rescaled init, logits / width_mult
+            self._mup_init()
+            self.readout_mult = mup.readout_multiplier(config.width_mult)
+
+    @torch.no_grad()
+    def _mup_init(self) -> None:
+        """SP's init rescaled to μP's (the table in ``minilm.mup``): hidden matrices' std times
+        1/sqrt(width_mult), the readout and the query rows of every wqkv at 0."""
+        for name, p in self.named_parameters():
+            p.mul_(mup.mup_init_scale(mup.parameter_kind(name, p), self.config.width_mult))
+        for block in self.blocks:
+            block.attn.wqkv.weight[: self.config.d_model].zero_()  # q rows: attention starts uniform
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -362,6 +397,8 @@ class GPT(LanguageModel):
         if cache is not None:
             cache.commit()
         logits = self.head(self.norm(x))  # (B, T, V)
+        if self.readout_mult is not None:
+            logits = logits * self.readout_mult  # μP: logits / width_mult
         return (logits, weights) if need_weights else logits
 
     def _next_logits(self, idx, state):

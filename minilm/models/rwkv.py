@@ -330,9 +330,10 @@ class RWKV(LanguageModel):
         return [self.emb.weight]
 
     # ------------------------------------------------------------------------------ forward
-    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> list[LayerState]:
-        """The state before any token: zeros, and pp at -infinity (no history)."""
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> list[LayerState]:
+        """The state before any token: zeros, and pp at -infinity (no history). device None: the model's."""
         C = self.config.d_model
+        device = self.emb.weight.device if device is None else device
         z = torch.zeros(batch_size, C, device=device)
         return [LayerState(z, z, z, torch.full_like(z, _NEG_INF), z) for _ in self.blocks]
 

@@ -6,6 +6,7 @@
 - ``runs``: checking (N, D, loss) points and reading/writing them as CSV.
 - ``lbfgs``: L-BFGS from thousands of starting points at once.
 - ``sweep``: train a grid of GPT sizes x token budgets on a known-entropy language, cached.
+- ``hparams``: lab 04's experiments: WSD branching, learning-rate sweeps, batch x lr grids.
 """
 
 from .fit import (
@@ -21,6 +22,7 @@ from .fit import (
     huber,
     kaplan_grid,
 )
+from .hparams import Branch, LossCurve, batch_lr_grid, best_lr, branch_wsd, lr_sweep, train_gpt, wind_tunnel_data
 from .isoflop import (
     EnvelopeFit,
     IsoFLOPFit,
@@ -59,4 +61,5 @@ __all__ = [
     "training_flops", "ScalingRuns", "check_points", "load_runs", "save_runs",
     "FAST_SIZES", "FAST_TOKEN_BUDGETS", "FULL_SIZES", "FULL_TOKEN_BUDGETS", "SweepResult", "fast_language",
     "run_sweep", "score_loss",
+    "Branch", "LossCurve", "batch_lr_grid", "best_lr", "branch_wsd", "lr_sweep", "train_gpt", "wind_tunnel_data",
 ]
