@@ -60,6 +60,14 @@ class TrainConfig:
     compile: opt in to ``torch.compile`` (off by default: slow to start, not on every platform).
     threads: torch's CPU thread count (``minilm.device.configure_threads``); None keeps minilm's
         default (``ensure_threads``).
+    token_weights: None (every token counts the same), or a callable ``(x, y, token_loss) ->
+        weights``, all (B, T), called every training step with the per-token loss detached; the
+        step's loss becomes sum(w * loss) / sum(w). A 0/1 mask trains on the kept tokens only
+        (selective language modelling, ``minilm.selection``). Validation still scores every token.
+
+    ``train_tokens`` may also be a batch source: any object with ``sample_batch(batch_size,
+    context_length, rng) -> (x, y)`` and ``max_token`` (e.g. ``minilm.mixing.MixtureSampler``,
+    which draws each batch's rows from several domains); it gets the run's seeded generator.
     """
 
     steps: int = 1000
@@ -82,6 +90,7 @@ class TrainConfig:
     autocast: bool | str = "auto"
     compile: bool = False
     threads: int | None = None
+    token_weights: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.callbacks = tuple(self.callbacks)  # a generator would be used up after the first step
@@ -107,6 +116,8 @@ class TrainConfig:
              "False, or True together with checkpoint_path= (the file to resume from)"),
             (self.autocast in (True, False, "auto"), "autocast", "'auto', True or False"),
             (self.threads is None or _is_int(self.threads, 1), "threads", "None (minilm's default) or an integer >= 1"),
+            (self.token_weights is None or callable(self.token_weights), "token_weights",
+             "None or a callable (x, y, token_loss) -> weights"),
         ]
         for ok, name, want in checks:
             if not ok:
@@ -212,12 +223,25 @@ def _context_length(model: torch.nn.Module, train_tokens: np.ndarray, cfg: Train
             "pass a shorter context_length or build a model with a longer one"
         )
     vocab = getattr(model, "vocab_size", None)
-    if vocab is not None and len(train_tokens) and int(np.max(train_tokens)) >= vocab:
+    top = _max_token(train_tokens)
+    if vocab is not None and top is not None and top >= vocab:
         raise ValueError(
-            f"the data holds token id {int(np.max(train_tokens))} but the model's vocab_size is {vocab}: "
+            f"the data holds token id {top} but the model's vocab_size is {vocab}: "
             "build the model with vocab_size = the tokenizer's vocab_size"
         )
     return T
+
+
+def _is_source(train_tokens) -> bool:
+    """A batch source (``sample_batch``, e.g. ``minilm.mixing.MixtureSampler``) rather than a token array."""
+    return hasattr(train_tokens, "sample_batch")
+
+
+def _max_token(train_tokens) -> int | None:
+    """The largest token id the training data can hold (None for an empty array)."""
+    if _is_source(train_tokens):
+        return int(train_tokens.max_token)
+    return int(np.max(train_tokens)) if len(train_tokens) else None
 
 
 class _Run:
@@ -267,15 +291,34 @@ class _Run:
         logits = self.fwd(x)  # (B, T, V)
         return logits, torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
 
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh random batch (x, y), (B, T) each, from the token array or the batch source."""
+        cfg = self.cfg
+        if _is_source(self.train_tokens):
+            x, y = self.train_tokens.sample_batch(cfg.batch_size, self.T, self.rng)
+            return x.to(self.dev), y.to(self.dev)
+        return get_batch(self.train_tokens, cfg.batch_size, self.T, self.dev, self.rng)
+
+    def _weighted_loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """sum(w * loss) / sum(w) over the batch's tokens, w = cfg.token_weights(x, y, loss) (B, T)."""
+        token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+                                                       reduction="none").view_as(y)  # (B, T)
+        w = self.cfg.token_weights(x, y, token_loss.detach()).to(token_loss.dtype)  # (B, T)
+        return (w * token_loss).sum() / w.sum().clamp_min(1e-12)
+
     def step(self, step: int) -> float:
         """One optimizer step on a fresh random batch; returns its loss (before the update)."""
         opt, cfg = self.opt, self.cfg
         mult = cfg.schedule(step) if cfg.schedule is not None else 1.0
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * mult
-        x, y = get_batch(self.train_tokens, cfg.batch_size, self.T, self.dev, self.rng)  # (B, T) each
+        x, y = self._batch()  # (B, T) each
         with self.amp():
-            logits, loss = self._logits_loss(x, y)
+            if cfg.token_weights is None:
+                logits, loss = self._logits_loss(x, y)
+            else:
+                logits = self.fwd(x)  # (B, T, V)
+                loss = self._weighted_loss(logits, x, y)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             where = f"; the last good checkpoint is {cfg.checkpoint_path}" if cfg.checkpoint_path else ""

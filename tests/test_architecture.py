@@ -34,10 +34,14 @@ FLOORS = {
     "minilm.mup": 2,  # μP's rules and coordinate check; models.gpt and train.py use it
     "minilm.fp8": 2,  # FP8 formats, scaling recipes, the FP8 linear layer and to_fp8
     "minilm.toy_problems": 2,  # ill-conditioned quadratics run with minilm.optim's optimizers
+    "minilm.filtering": 2,  # exact and near-duplicate detection, quality scores: what the data is fed through
     # 3: training and measuring
     "minilm.train": 3,
     "minilm.bench": 3,
     "minilm.scaling": 3,
+    "minilm.mixing": 3,  # domain mixtures and the data-mixing law fitted on small runs
+    "minilm.selection": 3,  # scoring examples with a model (loss, reference-model excess loss)
+    "minilm.redundancy": 3,  # measuring and removing layers and weights of a trained model
     # 4: the labs (questions + runner) and the grading engine
     "minilm.labs": 4,
     "minilm.grading": 4,

@@ -460,3 +460,35 @@ def test_scaled_mm_matches_the_emulation(dev):
     assert ((y - emulated).norm() / emulated.norm()).item() < fp8.SCALED_MM_RTOL
     with pytest.raises(ValueError, match="multiples of 16"):
         fp8.scaled_mm_fp8(torch.randn(4, 20, device=dev), torch.randn(16, 20, device=dev))
+
+
+def test_representable_values_are_the_decoded_grid():
+    from minilm.fp8 import representable_values
+    e4 = representable_values("e4m3")
+    e5 = representable_values("e5m2")
+    assert len(e4) == 126 and len(e5) == 123  # 127 positive codes minus NaN (E4M3) / inf + 3 NaN (E5M2)
+    assert e4[0] == fp8.E4M3.min_subnormal and e4[-1] == fp8.E4M3.max
+    assert e5[0] == fp8.E5M2.min_subnormal and e5[-1] == fp8.E5M2.max
+    # independent reference: torch's own cast of every positive code
+    ref = torch.arange(1, 128, dtype=torch.uint8).view(torch.float8_e4m3fn).float().numpy()
+    assert np.array_equal(e4, np.unique(ref[np.isfinite(ref)]))
+    bf = representable_values("bf16")
+    assert bf[-1] == torch.finfo(torch.bfloat16).max and bf[0] == 2.0**-133
+    fp = representable_values("fp16")
+    assert fp[-1] == 65504 and fp[0] == 2.0**-24 and len(fp) == 0x7C00 - 1
+    with pytest.raises(ValueError, match="unknown FP8 format"):
+        representable_values("fp4")
+
+
+def test_memory_table_counts_bytes_per_parameter():
+    from minilm.fp8 import bytes_per_parameter, memory_table
+    assert bytes_per_parameter("bf16")["total"] == 16  # ZeRO's 2 + 2 + 12
+    assert bytes_per_parameter("fp32")["total"] == 16 and bytes_per_parameter("fp8")["total"] == 15
+    t = memory_table(1e9, n_activations=1e9, tile=128)
+    assert t["fp8"]["bytes_per_param"] == pytest.approx(15 + 4 / 128)
+    assert t["fp8"]["activations_GB"] == pytest.approx(1 + 4 / 128)
+    assert t["bf16"]["activations_GB"] == 2 and t["fp32"]["params_GB"] == 16
+    with pytest.raises(ValueError, match="unknown recipe"):
+        bytes_per_parameter("int4")
+    with pytest.raises(ValueError):
+        memory_table(0)

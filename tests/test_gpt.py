@@ -221,3 +221,69 @@ def test_bad_inputs():
         m(torch.full((1, 4), 50))
     with pytest.raises(ValueError, match="batch, time"):
         m(torch.zeros(4, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------ grouped-query attention
+def _gqa(n_kv_heads, impl="sdpa", seed=0):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=23, context_length=32, n_layers=2, n_heads=4, d_model=32,
+                    n_kv_heads=n_kv_heads, attn_impl=impl)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+def test_gqa_attention_matches_sdpa_with_repeated_kv(n_kv_heads):
+    """Reference: q, k, v sliced from wqkv by hand, k/v heads repeated (HF's repeat_kv), PyTorch's SDPA."""
+    model = _gqa(n_kv_heads)
+    attn, cfg = model.blocks[0].attn, model.config
+    H, hd, B, T = cfg.n_heads, cfg.head_dim, 2, 9
+    assert attn.wqkv.weight.shape == (cfg.d_model + 2 * n_kv_heads * hd, cfg.d_model)
+    x = torch.randn(B, T, cfg.d_model, generator=torch.Generator().manual_seed(1))
+    cos, sin = rope_angles(torch.arange(T), hd, cfg.rope_base)
+    with torch.no_grad():
+        out, _ = attn(x, (cos, sin), (cos, sin), None)
+        w = attn.wqkv.weight
+        q = (x @ w[: cfg.d_model].T).view(B, T, H, hd)
+        k = (x @ w[cfg.d_model : cfg.d_model + n_kv_heads * hd].T).view(B, T, n_kv_heads, hd)
+        v = (x @ w[cfg.d_model + n_kv_heads * hd :].T).view(B, T, n_kv_heads, hd)
+        q = apply_rope(q, cos[:, None], sin[:, None], cfg.rope_pairing).transpose(1, 2)
+        k = apply_rope(k, cos[:, None], sin[:, None], cfg.rope_pairing).transpose(1, 2)
+        v = v.transpose(1, 2)
+        rep = H // n_kv_heads
+        k = k[:, :, None].expand(B, n_kv_heads, rep, T, hd).reshape(B, H, T, hd)  # head h -> kv head h // rep
+        v = v[:, :, None].expand(B, n_kv_heads, rep, T, hd).reshape(B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, cfg.d_model)
+        ref = attn.wo(y)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2])
+def test_gqa_explicit_equals_sdpa_and_kv_cache_equals_full_forward(n_kv_heads):
+    sdpa, explicit = _gqa(n_kv_heads), _gqa(n_kv_heads, impl="explicit")
+    idx = torch.randint(0, 23, (2, 13), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = sdpa(idx)
+        torch.testing.assert_close(explicit(idx), full, atol=1e-5, rtol=1e-5)
+        cache, out = KVCache(2), []
+        for t in range(idx.size(1)):
+            out.append(sdpa(idx[:, t : t + 1], cache=cache))
+    torch.testing.assert_close(torch.cat(out, dim=1), full, atol=1e-5, rtol=1e-5)
+    hd = sdpa.config.head_dim  # the cache holds n_kv_heads heads per layer, not n_heads: GQA's memory saving
+    assert cache.nbytes() == 2 * 2 * 2 * n_kv_heads * hd * 4 * idx.size(1)  # layers * (k, v) * B * Hkv * hd * fp32
+
+
+def test_gqa_default_is_multi_head_and_checkpoint_round_trips(tmp_path):
+    assert GPTConfig(vocab_size=5, n_heads=4, d_model=32).n_kv_heads == 4
+    torch.manual_seed(0)
+    a = GPT(GPTConfig(vocab_size=23, n_heads=4, d_model=32))
+    torch.manual_seed(0)
+    b = GPT(GPTConfig(vocab_size=23, n_heads=4, d_model=32, n_kv_heads=4))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    from minilm.checkpoint import load_checkpoint, save_checkpoint
+
+    model = _gqa(2)
+    save_checkpoint(tmp_path / "gqa.pt", model)
+    assert load_checkpoint(tmp_path / "gqa.pt")["config"]["n_kv_heads"] == 2
+    for bad in (3, 0, 2.0):
+        with pytest.raises(ValueError, match="n_kv_heads"):
+            GPTConfig(vocab_size=5, n_heads=4, d_model=32, n_kv_heads=bad)

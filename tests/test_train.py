@@ -330,7 +330,7 @@ def test_train_config_and_keywords_agree():
     assert [f.name for f in dataclasses.fields(TrainConfig)] == [
         "steps", "batch_size", "context_length", "lr", "weight_decay", "grad_clip", "optimizer", "schedule",
         "eval_every", "eval_batches", "device", "seed", "callbacks", "checkpoint_path", "checkpoint_every",
-        "resume", "progress", "autocast", "compile", "threads"]
+        "resume", "progress", "autocast", "compile", "threads", "token_weights"]
 
 
 def test_unknown_option_is_named_with_the_valid_ones():

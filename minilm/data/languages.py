@@ -108,6 +108,29 @@ class MarkovLanguage:
         self._cdf = np.cumsum(P, axis=1)
         self.stationary = self._stationary()
 
+    @classmethod
+    def from_transition(cls, transition: np.ndarray, order: int = 1) -> MarkovLanguage:
+        """The order-``order`` chain whose next-token rows are ``transition`` (V**order, V).
+
+        Row s is P(. | context s), the context read as a base-V number of its k tokens, oldest
+        first. Every entry must be > 0 (an irreducible chain, so the stationary distribution and
+        the entropy rate are exact); ``concentration`` is then NaN (no Dirichlet was drawn).
+        """
+        P = np.array(transition, dtype=np.float64)
+        if P.ndim != 2 or P.shape[1] < 2 or not isinstance(order, (int, np.integer)) or order < 1 \
+                or P.shape[0] != P.shape[1] ** order:
+            raise ValueError(f"transition must have shape (V**order, V) with V >= 2 and order >= 1, "
+                             f"got {P.shape} with order={order!r}")
+        if not np.all(P > 0) or not np.allclose(P.sum(axis=1), 1.0, atol=1e-9):
+            raise ValueError("every row of transition must be a distribution with all entries > 0 "
+                             "(add a small floor and renormalise)")
+        lang = cls.__new__(cls)
+        lang.vocab_size, lang.order, lang.concentration = P.shape[1], int(order), float("nan")
+        lang.transition = P / P.sum(axis=1, keepdims=True)
+        lang._cdf = np.cumsum(lang.transition, axis=1)
+        lang.stationary = lang._stationary()
+        return lang
+
     def _next_context(self, ctx: np.ndarray, tok: np.ndarray) -> np.ndarray:
         """Context index after emitting tok: drop the oldest token, append the new one."""
         return (ctx * self.vocab_size) % (self.vocab_size**self.order) + tok

@@ -10,6 +10,7 @@ Open the modules in this order (each cites the definitions it implements):
   linear    ``FP8Recipe`` (and the named ``RECIPES``), ``FP8Linear`` (E4M3 forward, E5M2
             gradients, FP32 accumulation and master weights), ``to_fp8(model, recipe)``,
             limited accumulation precision with promotion every N_C elements
+  memory    ``bytes_per_parameter`` / ``memory_table``: bytes per parameter and activation per recipe
   hardware  ``scaled_mm_fp8``: the same product on FP8 tensor cores (``torch.nn.functional.scaled_mm``)
 
     from minilm import fp8
@@ -28,6 +29,7 @@ from minilm.fp8.formats import (
     encode,
     get_format,
     overflows,
+    representable_values,
     round_to_fp8,
 )
 from minilm.fp8.hardware import SCALED_MM_RTOL, fp8_matmul_support, scaled_mm_fp8
@@ -40,6 +42,7 @@ from minilm.fp8.linear import (
     round_significand,
     to_fp8,
 )
+from minilm.fp8.memory import bytes_per_parameter, memory_table
 from minilm.fp8.scaling import (
     DelayedScaler,
     amax_to_scale,
@@ -62,6 +65,7 @@ __all__ = [
     "FP8Linear",
     "FP8Recipe",
     "amax_to_scale",
+    "bytes_per_parameter",
     "cast_to_fp8",
     "current_scale",
     "decode",
@@ -73,8 +77,10 @@ __all__ = [
     "get_format",
     "get_recipe",
     "limited_precision_matmul",
+    "memory_table",
     "overflows",
     "quantization_error",
+    "representable_values",
     "round_significand",
     "round_to_fp8",
     "scaled_mm_fp8",

@@ -247,3 +247,21 @@ def _overflow_as_defined(x: torch.Tensor, y: torch.Tensor, f: FP8Format) -> torc
     """y where x is in range; where x overflows, E5M2's +-inf or E4M3's NaN (with x's sign)."""
     special = torch.tensor(float("inf") if f.ieee_specials else float("nan"), device=x.device)
     return torch.where(overflows(x, f), special.copysign(x), y)
+
+
+_WIDE_FORMATS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def representable_values(fmt: str | FP8Format = "e4m3") -> np.ndarray:
+    """Every positive finite value of a format, sorted (the grid a widget draws on a log axis).
+
+    ``"e4m3"`` / ``"e5m2"``: decoded from all 128 positive codes (subnormals included; 126 and 123
+    values). ``"bf16"`` / ``"fp16"``: all positive finite 16-bit patterns, for contrast.
+    """
+    if isinstance(fmt, str) and fmt.lower() in _WIDE_FORMATS:
+        bits = torch.arange(1, 2**15, dtype=torch.int32).to(torch.int16)  # sign bit 0, nonzero
+        v = bits.view(_WIDE_FORMATS[fmt.lower()]).float()
+        v = v[torch.isfinite(v)].numpy().astype(np.float64)
+    else:
+        v = decode(np.arange(1, 128, dtype=np.uint8), get_format(fmt))
+    return np.unique(v[np.isfinite(v)])

@@ -11,6 +11,9 @@ Conventions that differ between references are explicit here:
     eq. 34); ``rope_pairing="half"`` gives the GPT-NeoX / Hugging Face Llama pairing (x[i], x[i+d/2]).
   - Attention masks are boolean with ``True = may attend`` (PyTorch's SDPA polarity).
   - Linear weights are stored (out_features, in_features), PyTorch's layout.
+  - ``n_kv_heads`` < ``n_heads`` gives grouped-query attention (Ainslie et al. 2023): query head h
+    uses key/value head h // (n_heads / n_kv_heads), as Hugging Face's ``repeat_kv``; unset, it is
+    ``n_heads`` (multi-head attention, the same weights and numbers as before GQA existed).
   - ``parametrization="mup"`` (with ``base_width``) gives μP's init, attention scale and readout
     multiplier instead of the standard ones: the rules and their reasons are in ``minilm.mup``.
 
@@ -46,6 +49,7 @@ class GPTConfig:
     n_layers: int = 4
     n_heads: int = 4
     d_model: int = 128
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None -> n_heads
     d_ff: int | None = None  # SwiGLU hidden size; None -> 8/3 * d_model rounded up to a multiple of 8
     tie_embeddings: bool = False
     attn_impl: str = "sdpa"  # "sdpa" (fast, F.scaled_dot_product_attention) or "explicit" (readable)
@@ -72,6 +76,13 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig: head size d_model/n_heads = {self.d_model // self.n_heads} must be even "
                 "for rotary embeddings (they rotate pairs of channels): change d_model or n_heads"
+            )
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        elif not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"GPTConfig.n_kv_heads must be a positive integer dividing n_heads={self.n_heads} (each key/value "
+                f"head serves n_heads / n_kv_heads query heads), or None for n_heads; got {self.n_kv_heads!r}"
             )
         if self.d_ff is None:
             self.d_ff = 8 * math.ceil(8 * self.d_model / 3 / 8)
@@ -217,8 +228,10 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layer = layer
-        # q, k and v projections in one (3C, C) matrix: one matmul instead of three (as nanoGPT).
-        self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        # q, k and v projections in one (C + 2 Ckv, C) matrix: one matmul instead of three (as
+        # nanoGPT); Ckv = n_kv_heads * hd, so (3C, C) for multi-head attention.
+        self.kv_dim = cfg.n_kv_heads * cfg.head_dim
+        self.wqkv = nn.Linear(cfg.d_model, cfg.d_model + 2 * self.kv_dim, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.rope = _kernels(cfg).apply_rope
         self.scale = None  # scores * scale; None: SP's 1/sqrt(hd)
@@ -240,18 +253,21 @@ class CausalSelfAttention(nn.Module):
         allowed: (T, Tk) bool, True = may attend; None means plain causal attention.
         """
         B, T, C = x.shape
-        H, hd, pairing = self.cfg.n_heads, self.cfg.head_dim, self.cfg.rope_pairing
-        q, k, v = self.wqkv(x).view(B, T, 3, H, hd).unbind(2)  # each (B, T, H, hd)
+        H, Hkv, hd, pairing = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim, self.cfg.rope_pairing
+        q, k, v = self.wqkv(x).split([C, self.kv_dim, self.kv_dim], dim=-1)  # (B, T, C), (B, T, Ckv) x 2
+        q, k, v = q.view(B, T, H, hd), k.view(B, T, Hkv, hd), v.view(B, T, Hkv, hd)
         # Rotate while the heads are still side by side: the angles (T, hd/2) broadcast over heads
         # as (T, 1, hd/2), and the gradients flow back in qkv's own layout (faster than rotating
         # the transposed (B, H, T, hd) views).
         q = self.rope(q, rope_q[0][:, None], rope_q[1][:, None], pairing).transpose(1, 2)  # (B, H, T, hd)
-        v = v.transpose(1, 2)
+        v = v.transpose(1, 2)  # (B, Hkv, T, hd); keys likewise below: the cache stores Hkv heads only
         if cache is None:
             k = self.rope(k, rope_k[0][:, None], rope_k[1][:, None], pairing).transpose(1, 2)
         else:  # the cache stores the new keys and values and returns all of them, keys rotated (at rope_k)
             k, v = cache.update(self.layer, k.transpose(1, 2), v, lambda x: self.rope(x, *rope_k, pairing))
 
+        if Hkv != H:  # GQA: query head h reads key/value head h // (H / Hkv) (HF's repeat_kv)
+            k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)  # (B, H, Tk, hd)
         y, weights = self.attend(q, k, v, allowed, need_weights)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.wo(y), weights
