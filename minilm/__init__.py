@@ -7,7 +7,7 @@ lab to read the equations they implement.
 __version__ = "0.1.0"
 
 # Whole modules a lab uses by name: minilm.attention.sliding_window_mask(...), minilm.scaling...
-from minilm import attention, fp8, imbalance, mup, scaling, sharpness, toy_problems  # noqa: E402
+from minilm import attention, filtering, fp8, imbalance, mixing, mup, scaling, selection, sharpness, toy_problems  # noqa: E402
 from minilm.checkpoint import load_checkpoint, save_checkpoint
 from minilm.data import (
     ByteTokenizer,
@@ -74,6 +74,9 @@ __all__ = [
     "scaling",
     "sharpness",
     "toy_problems",
+    "filtering",
+    "mixing",
+    "selection",
     "ByteTokenizer",
     "CharTokenizer",
     "Dataset",

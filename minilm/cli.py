@@ -33,15 +33,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from minilm.labs.doctor import diagnose, report
+
+    findings = diagnose()
+    print(report(findings))
+    return 0 if all(f.ok for f in findings) else 1
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from minilm import distributed
+
+    # Under torchrun every process runs this command; rank 0 alone prints (and writes --out).
+    with distributed.main_rank_prints():
+        return _train(args, is_main=distributed.launched_rank() == 0)
+
+
+def _train(args: argparse.Namespace, is_main: bool) -> int:
     import torch
 
+    from minilm import distributed
     from minilm.data import load_dataset
-    from minilm.device import configure_threads, resolve_device, seed_everything
+    from minilm.device import resolve_device, seed_everything
     from minilm.models import build_model
     from minilm.train import evaluate, train
 
-    configure_threads(args.threads)
+    distributed.configure_rank_threads(args.threads)  # under torchrun: this machine's cores shared out
     device = resolve_device(args.device)
     data = load_dataset(args.data, tokenizer=args.tokenizer, n_tokens=args.tokens, seed=args.seed)
     seed_everything(args.seed)
@@ -56,6 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train(model, data.train, data.val, steps=args.steps, batch_size=args.batch_size,
               context_length=args.context, lr=args.lr, device=device, seed=args.seed,
               eval_every=max(1, args.steps // 5), checkpoint_path=args.out, resume=args.resume)
+        if not is_main:  # the other ranks' copies of the model are identical: rank 0 reports
+            return 0
     val = evaluate(model, data.val, context_length=args.context, device=device, max_batches=20)
     print(f"validation loss {val:.4f} nats/token (perplexity {__import__('math').exp(val):.2f})")
     if data.entropy_rate is not None:
@@ -85,14 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"minilm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model and print its validation loss and a sample")
+    p = sub.add_parser("train", help="train a model and print its validation loss and a sample",
+                       description="Train a model and print its validation loss and a sample. Data-parallel on N "
+                       "processes: torchrun --nproc_per_node N -m minilm train ... (--batch-size is the global batch)")
     p.add_argument("--model", default="gpt", choices=sorted(MODELS))
     p.add_argument("--data", default="pydoc", choices=DATASETS)
     p.add_argument("--tokenizer", default="char", choices=("char", "byte", "bpe"))
     p.add_argument("--size", default="tiny", choices=list(SIZES))
     p.add_argument("--order", type=int, default=None, help="n-gram order (ngram model only)")
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=12, help="sequences per step (under torchrun: over all processes)")
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--tokens", type=int, default=500_000, help="training tokens of a synthetic language")
@@ -107,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="versions, device and threads")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("doctor", help="is this machine ready for the labs? what to fix if not",
+                       description="Check torch (version, CPU or CUDA build), the device and CPU threads minilm "
+                       "will use, JupyterLab, widgets and plots, and the labs and chapters found; print the fix "
+                       "for each problem. Exit status 1 when there is something to fix.")
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("bench", help="training throughput and MFU of the small CPU GPT")
     p.add_argument("--steps", type=int, default=90, help="timed steps per model (default 90)")

@@ -18,8 +18,8 @@ Near duplicates, from the definitions:
 Exact duplicates are found by hashing each document's text (whitespace normalised). The quality
 filter scores each document by its mean loss (nats/token) under a small reference model trained
 on clean text (``quality_scores``): junk is what a clean model finds surprising.
-``polluted_corpus`` builds the lab's corpus: clean documents plus injected duplicates, near
-duplicates and junk, each labelled.
+``text_documents`` cuts a text into documents and ``polluted_corpus`` builds the lab's corpus
+from them: clean documents plus injected duplicates, near duplicates and junk, each labelled.
 """
 
 from __future__ import annotations
@@ -169,6 +169,32 @@ def quality_scores(docs: Sequence[np.ndarray], reference) -> np.ndarray:
     any model with ``logprobs(tokens) -> log-probabilities`` (e.g. ``minilm.models.NGramModel``
     fitted on clean text). Higher = more surprising to a clean model."""
     return np.array([-float(np.mean(reference.logprobs(np.asarray(d)))) for d in docs])
+
+
+def text_documents(text: str, min_chars: int = 300, max_chars: int = 800) -> list[str]:
+    """``text`` cut into documents: consecutive paragraphs (split at blank lines) joined until a
+    document holds at least ``min_chars`` characters, then cut to ``max_chars``. A last short
+    remainder is dropped."""
+    if not 0 < min_chars <= max_chars:
+        raise ValueError(f"need 0 < min_chars <= max_chars, got {min_chars}, {max_chars}")
+    docs, current = [], ""
+    for paragraph in (p.strip() for p in text.split("\n\n")):
+        if not paragraph:
+            continue
+        current = f"{current}\n\n{paragraph}" if current else paragraph
+        if len(current) >= min_chars:
+            docs.append(current[:max_chars])
+            current = ""
+    return docs
+
+
+def split_documents(docs: Sequence[str], sizes: Sequence[int], seed: int = 0) -> list[list[str]]:
+    """Disjoint random subsets of ``docs`` of the given ``sizes`` (e.g. train, held-out, reference)."""
+    if sum(sizes) > len(docs) or min(sizes, default=0) < 0:
+        raise ValueError(f"cannot draw disjoint subsets of sizes {list(sizes)} from {len(docs)} documents")
+    order = np.random.default_rng(seed).permutation(len(docs))
+    ends = np.cumsum([0, *sizes])
+    return [[docs[i] for i in order[a:b]] for a, b in zip(ends[:-1], ends[1:])]
 
 
 @dataclass

@@ -23,12 +23,14 @@ their model-size law is the same move along N, which tiny labs skip).
 Domains: ``markov_domains`` (synthetic languages with an exact entropy rate, whose next-token
 rows are shared between domains for a chosen fraction of contexts and private to each otherwise)
 and ``text_domains`` (Python's own documentation as prose vs standard-library source as code,
-one character vocabulary). ``fit_mixing_law`` and ``fit_step_law`` use scipy (imported inside them).
+one character vocabulary). ``train_mixture`` trains a small GPT on one mixture and scores it on
+every domain. ``fit_mixing_law`` and ``fit_step_law`` use scipy (imported inside them).
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +40,8 @@ import torch
 from minilm.data.corpora import pydoc_text, stdlib_code, train_val_split
 from minilm.data.languages import MarkovLanguage
 from minilm.data.tokenizers import CharTokenizer, encode_to_array
+from minilm.scaling.hparams import make_gpt, train_gpt
+from minilm.scaling.sweep import score_loss
 
 
 # ------------------------------------------------------------------------------ proportions
@@ -222,6 +226,62 @@ def text_domains(n_chars: int = 400_000, val_fraction: float = 0.1) -> tuple[lis
         train, val = train_val_split(text, val_fraction)
         domains.append(Domain(name, encode_to_array(tok, train), encode_to_array(tok, val)))
     return domains, tok
+
+
+@dataclass
+class MixtureRun:
+    """One small model trained on one mixture (``train_mixture``)."""
+
+    proportions: np.ndarray            # (K,) the mixture asked for
+    losses: np.ndarray                 # (M,) held-out loss on each domain after training (nats/token)
+    realised: dict[str, float]         # the share of rows actually drawn from each domain
+    curve_steps: list[int] = field(default_factory=list)
+    curve: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))   # (points, M) held-out losses
+    seconds: float = 0.0
+
+
+class _DomainCurve:
+    """A ``train`` callback: every domain's held-out loss after every ``every`` steps."""
+
+    def __init__(self, domains: Sequence[Domain], every: int, context_length: int):
+        self.domains, self.every, self.T = domains, every, context_length
+        self.steps: list[int] = []
+        self.losses: list[np.ndarray] = []
+
+    def __call__(self, info: dict) -> None:
+        done = info["step"] + 1
+        if done % self.every == 0:
+            self.steps.append(done)
+            self.losses.append(_domain_losses(info["model"], self.domains, self.T))
+
+
+def _domain_losses(model: torch.nn.Module, domains: Sequence[Domain], context_length: int) -> np.ndarray:
+    """Mean next-token loss on every window of each domain's validation tokens: (M,)."""
+    dev = next(model.parameters()).device
+    return np.array([score_loss(model, d.val, context_length, 0, dev) for d in domains])
+
+
+def train_mixture(config: Mapping, domains: Sequence[Domain], proportions, *, vocab_size: int, steps: int,
+                  lr: float, batch_size: int = 16, context_length: int = 32, seed: int = 0,
+                  device: str | torch.device = "cpu", curve_every: int | None = None) -> MixtureRun:
+    """Train a fresh GPT (``minilm.scaling.hparams.make_gpt(vocab_size, config)``) for ``steps``
+    steps on batches drawn from ``domains`` in ``proportions`` (``MixtureSampler``), at a constant
+    learning rate, and score it on every domain's validation tokens.
+
+    The initial weights and the batch stream depend on ``seed`` only, so runs at different mixtures
+    differ by their data alone. With a constant learning rate the first S steps of a longer run
+    are the run of S steps: ``curve_every`` records every domain's loss along the way (``curve``).
+    """
+    sampler = MixtureSampler(domains, proportions)
+    model = make_gpt(vocab_size, config, context_length, seed)
+    curve = _DomainCurve(domains, curve_every, context_length) if curve_every else None
+    t0 = time.perf_counter()
+    train_gpt(config, sampler, domains[0].val, vocab_size=vocab_size, steps=steps, lr=lr, batch_size=batch_size,
+              context_length=context_length, seed=seed, device=device, model=model,
+              callbacks=[curve] if curve is not None else ())
+    losses = _domain_losses(model, domains, context_length)
+    return MixtureRun(sampler.proportions, losses, sampler.realised(), list(curve.steps) if curve else [],
+                      np.array(curve.losses) if curve else np.zeros((0, len(domains))), time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------ the mixing law

@@ -9,7 +9,11 @@ state entering layer i (the residual stream, one C-vector per token) and X_{i+1}
 averaged over every token t of a calibration set. A layer whose output points where its input
 pointed (BI near 0) changed little; ShortGPT deletes the layers of lowest BI, without retraining.
 ``block_influence`` measures it, ``remove_layers`` deletes blocks, ``choose_layers`` gives the
-three rules compared in the lab (lowest BI, the last layers, random layers).
+three rules compared in the lab (lowest BI, the last layers, random layers), ``removal_curves``
+scores every rule at every k. ``heal`` is the optional short fine-tune after removal ("healing",
+Gromov et al. 2024, arXiv 2403.17887, sec. 3.2, who heal with QLoRA; ShortGPT itself does not
+retrain); ``next_token_accuracy`` is the lab's small downstream check, an argmax metric like a
+multiple-choice benchmark's accuracy, beside the loss.
 
 **Lottery tickets** (Frankle & Carbin 2019, "The Lottery Ticket Hypothesis"). Iterative magnitude
 pruning (IMP, their Algorithm 1 with iterative pruning, sec. 1 and 2): train; in every pruned layer
@@ -41,9 +45,9 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 __all__ = [
-    "TicketSearch", "apply_masks", "block_influence", "choose_layers", "cosine_matrix", "find_ticket",
-    "hidden_states", "layer_sparsity", "magnitude_mask", "prunable_layers", "prune_step", "reinit_state",
-    "remove_layers", "removal_order", "rewind", "snapshot", "train_masked",
+    "TicketSearch", "apply_masks", "block_influence", "choose_layers", "cosine_matrix", "find_ticket", "heal",
+    "hidden_states", "layer_sparsity", "magnitude_mask", "next_token_accuracy", "prunable_layers", "prune_step",
+    "reinit_state", "removal_curves", "remove_layers", "removal_order", "rewind", "snapshot", "train_masked",
 ]
 
 RULES = ("bi", "last", "random")
@@ -187,6 +191,60 @@ def remove_layers(model: nn.Module, layers: Iterable[int]) -> nn.Module:
     if dataclasses.is_dataclass(getattr(new, "config", None)) and hasattr(new.config, "n_layers"):
         new.config = dataclasses.replace(new.config, n_layers=len(kept))
     return new
+
+
+def removal_curves(model: nn.Module, bi: Sequence[float], ks: Iterable[int], score: Callable[[nn.Module], Any],
+                   rules: Sequence[str] = RULES, seed: int = 0) -> dict[str, list[Any]]:
+    """``score(remove_layers(model, choose_layers(rule, k, L, bi, seed)))`` for every rule and k:
+    {rule: [score at each k]}. ``score`` may return anything (a loss, an accuracy, a tuple of both)."""
+    n_layers, ks = len(_blocks(model)), list(ks)
+    return {rule: [score(remove_layers(model, choose_layers(rule, k, n_layers, bi, seed))) for k in ks]
+            for rule in rules}
+
+
+@torch.no_grad()
+def next_token_accuracy(model: nn.Module, tokens: np.ndarray, context_length: int, batch_size: int = 64,
+                        score_from: int = 0) -> float:
+    """Fraction of next tokens the model ranks first (argmax of its logits), over every
+    non-overlapping window of ``tokens``, counting positions >= ``score_from`` of each window."""
+    from minilm.data.batching import iterate_windows
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hits, count = 0, 0
+    try:
+        for x, y in iterate_windows(tokens, context_length, batch_size):  # each (b, T)
+            logits = model(x.to(device))
+            logits = logits[0] if isinstance(logits, tuple) else logits  # (b, T, V)
+            right = logits.argmax(-1) == y.to(device)                     # (b, T)
+            hits += int(right[:, score_from:].sum())
+            count += right[:, score_from:].numel()
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError(f"score_from={score_from} leaves no position of a {context_length}-token window to score")
+    return hits / count
+
+
+def heal(model: nn.Module, tokens: np.ndarray, steps: int, lr: float, **train_options) -> nn.Module:
+    """A copy of ``model`` (e.g. a ``remove_layers`` result) fine-tuned for ``steps`` steps on ``tokens``.
+
+    The optional "healing" after removal (Gromov et al. 2024, sec. 3.2): a short training run that
+    lets the remaining layers adapt to the missing ones. ``train_options`` go to ``minilm.train.train``
+    (batch_size, context_length, schedule, seed, device, ...); by default no progress bar, no autocast
+    (the same numbers on every device, up to float32 rounding) and weight decay 0 (a few steps from a
+    trained model should not pull it towards zero). The original is left unchanged.
+    """
+    from minilm.train import train
+
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1 (healing steps), got {steps!r}")
+    healed = copy.deepcopy(model)
+    options = {"progress": False, "autocast": False, "weight_decay": 0.0,
+               "device": next(model.parameters()).device, **train_options}
+    train(healed, tokens, None, steps=steps, lr=lr, **options)
+    return healed
 
 
 # ------------------------------------------------------------------------------ magnitude masks

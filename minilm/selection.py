@@ -16,17 +16,25 @@ off-target text (the reference predicts it badly) score low and are dropped.
 
 ``ExcessLossSelector`` is that step 2-3 as a ``token_weights`` hook of ``minilm.train.train``
 (which turns its 0/1 mask into the mean over kept tokens) and records what it kept, step by step.
-``noisy_tokens`` makes the polluted corpus the lab trains on.
+``noisy_tokens`` pollutes a token stream; ``slm_data`` builds the lab's whole setting (a clean
+target language, a reference corpus, and a training stream of noisy target text mixed with
+off-target text), and ``train_reference`` / ``train_selective`` run the two stages on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from minilm.mixing import Domain, MixtureSampler, markov_domains
+from minilm.scaling.hparams import LossCurve, make_gpt, train_gpt
+
+LABELS = ("clean", "noise", "off-target")   # the label of every training token of ``slm_data``
 
 
 def token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -141,3 +149,92 @@ def noisy_tokens(tokens: np.ndarray, noise_rate: float, vocab_size: int, seed: i
     out = np.array(tokens, copy=True)
     out[noise] = rng.choice(ids, size=int(noise.sum())).astype(out.dtype)
     return out, noise.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ the lab's setting
+@dataclass
+class SLMData:
+    """Rho-1's setting in miniature (``slm_data``).
+
+    target: the clean target language; ``target.train`` is the reference model's (small) corpus,
+        ``target.val`` the held-out text every run is scored on.
+    sources: the training domains: the target's text with noise tokens (labels 0 clean, 1 noise)
+        and an off-target language (label 2), mixed in ``proportions``.
+    """
+
+    target: Domain
+    sources: list[Domain]
+    proportions: tuple[float, ...]
+    vocab_size: int
+
+    def sampler(self) -> MixtureSampler:
+        """A fresh batch source over ``sources`` (its ``last_labels`` give every token's label)."""
+        return MixtureSampler(self.sources, self.proportions)
+
+
+def slm_data(seed: int = 0, vocab_size: int = 32, noise_rate: float = 0.3, off_target: float = 0.3,
+             overlap: float = 0.3, n_train: int = 100_000, n_reference: int = 20_000, n_val: int = 4_096) -> SLMData:
+    """A clean target language and a polluted training stream (two ``markov_domains`` of order 1).
+
+    The target's own text (``n_train`` tokens) gets a fraction ``noise_rate`` of its tokens replaced
+    by uniformly random ones (``noisy_tokens``); an off-target language sharing a fraction ``overlap``
+    of the target's next-token rows makes up ``off_target`` of the training rows. The reference
+    corpus is ``n_reference`` further clean tokens of the target, never trained on by the main runs.
+    """
+    if not 0.0 <= off_target < 1.0:
+        raise ValueError(f"off_target must be in [0, 1) (the share of off-target rows), got {off_target}")
+    target, other = markov_domains(2, vocab_size=vocab_size, order=1, overlap=overlap, concentrations=0.1,
+                                   n_train=n_train + n_reference, n_val=n_val, seed=seed, names=["target", "other"])
+    noisy, labels = noisy_tokens(target.train[n_reference:], noise_rate, vocab_size, seed=seed + 1)
+    sources = [Domain("target (noisy)", noisy, target.val, labels=labels),
+               Domain("off-target", other.train[:n_train], other.val, labels=np.full(n_train, 2, dtype=np.int64),
+                      entropy_rate=other.entropy_rate)]
+    clean = Domain("target", target.train[:n_reference], target.val, entropy_rate=target.entropy_rate)
+    return SLMData(clean, sources, (1.0 - off_target, off_target), vocab_size)
+
+
+def train_reference(config: Mapping, data: SLMData, *, steps: int, lr: float, batch_size: int = 16,
+                    context_length: int = 32, seed: int = 0, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rho-1's step 1: a GPT trained on the clean reference corpus ``data.target.train``."""
+    model = make_gpt(data.vocab_size, config, context_length, seed)
+    train_gpt(config, data.target.train, data.target.val, vocab_size=data.vocab_size, steps=steps, lr=lr,
+              batch_size=batch_size, context_length=context_length, seed=seed, device=device, model=model)
+    return model
+
+
+@dataclass
+class SLMRun:
+    """One training run on the polluted stream (``train_selective``)."""
+
+    ratio: float                     # the fraction of each batch's tokens trained on (1.0: all tokens)
+    loss: float                      # held-out loss on the clean target after training
+    curve: tuple[list[int], list[float]]   # (steps, held-out target loss) along the run
+    record: SelectionRecord | None   # what the selector kept (None for the all-token baseline)
+    realised: dict[str, float]       # the share of rows drawn from each source
+    seconds: float
+
+
+def train_selective(config: Mapping, data: SLMData, *, ratio: float = 1.0, reference: torch.nn.Module | None = None,
+                    steps: int, lr: float, batch_size: int = 16, context_length: int = 32, seed: int = 0,
+                    device: str | torch.device = "cpu", curve_every: int | None = None, record_every: int = 10,
+                    snapshot_steps: tuple[int, ...] = ()) -> SLMRun:
+    """Train a fresh GPT on ``data``'s polluted stream, on the top ``ratio`` of each batch's tokens by
+    excess loss against ``reference`` (Rho-1's SLM), or on every token (``ratio=1.0``, no reference).
+
+    Every run of one seed starts from the same weights and sees the same batches, so SLM and the
+    baseline differ only in which tokens the loss counts. Scored on every window of the clean
+    target's held-out text.
+    """
+    n_kept(1, ratio)
+    if ratio < 1.0 and reference is None:
+        raise ValueError(f"ratio={ratio} selects tokens by excess loss: pass reference= (train_reference)")
+    sampler = data.sampler()
+    selector = (ExcessLossSelector(reference, ratio, labels=sampler.last_labels, record_every=record_every,
+                                   snapshot_steps=snapshot_steps) if ratio < 1.0 else None)
+    curve = LossCurve(data.target.val, curve_every, context_length, len(data.target.val) - 1) if curve_every else None
+    t0 = time.perf_counter()
+    run = train_gpt(config, sampler, data.target.val, vocab_size=data.vocab_size, steps=steps, lr=lr,
+                    batch_size=batch_size, context_length=context_length, seed=seed, device=device, curve=curve,
+                    token_weights=selector)
+    return SLMRun(float(ratio), run.loss, run.curve, selector.record if selector else None, sampler.realised(),
+                  time.perf_counter() - t0)

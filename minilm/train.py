@@ -7,6 +7,9 @@ AdamW by default, a pluggable optimizer and learning-rate schedule, gradient cli
 validation, a progress bar, callbacks, ``device="auto"``, bf16 autocast on CUDA, atomic
 checkpoints with exact resume (on CPU, CUDA and MPS), and a clear error when the loss diverges.
 The options live in one dataclass, ``TrainConfig``; keyword arguments of ``train`` override its fields.
+
+The same code runs data-parallel under ``torchrun --nproc_per_node N`` (``minilm.distributed``
+holds the plumbing: each ``self.ranks`` call below is a no-op in a single process).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minilm import mup
+from minilm import distributed, mup
 from minilm.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from minilm.data.batching import get_batch, iterate_windows
 from minilm.device import configure_threads, ensure_threads, resolve_device
@@ -55,11 +58,12 @@ class TrainConfig:
     callbacks: each is called after every step with a dict (step, loss, lr, model, optimizer,
         history); returning True stops training.
     checkpoint_path / checkpoint_every / resume: atomic checkpoints; ``resume=True`` continues an
-        interrupted run exactly (same batches, same loss curve) on the device it ran on.
+        interrupted run exactly (same batches, same loss curve) on the device it ran on, and with
+        the same batches on any number of torchrun processes.
     autocast: "auto" uses bf16 autocast on CUDA only; True/False to force.
     compile: opt in to ``torch.compile`` (off by default: slow to start, not on every platform).
     threads: torch's CPU thread count (``minilm.device.configure_threads``); None keeps minilm's
-        default (``ensure_threads``).
+        default (``ensure_threads``), shared among the processes of a torchrun run on one machine.
     token_weights: None (every token counts the same), or a callable ``(x, y, token_loss) ->
         weights``, all (B, T), called every training step with the per-token loss detached; the
         step's loss becomes sum(w * loss) / sum(w). A 0/1 mask trains on the kept tokens only
@@ -68,6 +72,10 @@ class TrainConfig:
     ``train_tokens`` may also be a batch source: any object with ``sample_batch(batch_size,
     context_length, rng) -> (x, y)`` and ``max_token`` (e.g. ``minilm.mixing.MixtureSampler``,
     which draws each batch's rows from several domains); it gets the run's seeded generator.
+
+    Under ``torchrun --nproc_per_node N`` (``minilm.distributed``): ``batch_size`` is the global
+    batch (each process trains on batch_size / N of its rows), ``lr`` is unchanged, losses are
+    averaged over the processes and rank 0 alone shows progress and writes the checkpoint.
     """
 
     steps: int = 1000
@@ -249,11 +257,13 @@ class _Run:
     state) and the three things it does over and over (a step, a validation, a checkpoint)."""
 
     def __init__(self, model: torch.nn.Module, train_tokens: np.ndarray, val_tokens: np.ndarray | None,
-                 cfg: TrainConfig):
+                 cfg: TrainConfig, ranks: distributed.Ranks):
         self.model, self.train_tokens, self.val_tokens, self.cfg = model, train_tokens, val_tokens, cfg
         self.T = _context_length(model, train_tokens, cfg)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.dev = resolve_device(cfg.device)
+        self.ranks = ranks  # this process's place in a torchrun run (one rank without torchrun)
+        self.ranks.check_batch_size(cfg.batch_size)
+        self.dev = self.ranks.device
         model.to(self.dev)
         if cfg.optimizer is None:
             self.opt = default_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -263,12 +273,18 @@ class _Run:
             self.opt = cfg.optimizer(self.params)
         for group in self.opt.param_groups:
             group.setdefault("initial_lr", group["lr"])  # what the schedule multiplies
+        if self.ranks.distributed and hasattr(self.opt, "hessian_due"):
+            raise ValueError("Sophia's Hessian refresh needs a second backward pass that DistributedDataParallel "
+                             "does not support: train with Sophia in one process, or use AdamW under torchrun")
         use_autocast = (self.dev.type == "cuda") if cfg.autocast == "auto" else bool(cfg.autocast)
         self.amp = (lambda: torch.autocast(self.dev.type, dtype=torch.bfloat16)) if use_autocast else nullcontext
-        self.fwd = torch.compile(model) if cfg.compile else model
+        self.fwd = self.ranks.wrap(model)  # under torchrun: DDP, which averages the ranks' gradients
+        if cfg.compile:
+            self.fwd = torch.compile(self.fwd)
 
-        torch.manual_seed(cfg.seed)                 # torch's generators (CPU and every GPU): dropout
-        self.rng = np.random.default_rng(cfg.seed)  # the batch sampler
+        # torch's generators (CPU and every GPU): dropout; each rank its own stream, rank 0 the run's seed.
+        torch.manual_seed(distributed.rank_seed(cfg.seed, self.ranks.rank))
+        self.rng = np.random.default_rng(cfg.seed)  # the batch sampler: the same global batches on every rank
         self.history = {"step": [], "train_loss": [], "lr": [], "tokens": [], "time": [], "val_step": [],
                         "val_loss": [], "device": str(self.dev)}
         self.start_step = 0
@@ -283,6 +299,7 @@ class _Run:
         if ckpt["optimizer"] is not None:
             self.opt.load_state_dict(ckpt["optimizer"])
         restore_rng_state(self.rng, ckpt["rng"], self.dev)
+        self.ranks.restore_rng(ckpt["rng"], self.cfg.seed, ckpt["step"])  # dropout's stream of each rank
         self.start_step = ckpt["step"]
         self.history.update(ckpt["history"])
         self.history["device"] = str(self.dev)
@@ -292,19 +309,25 @@ class _Run:
         return logits, torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fresh random batch (x, y), (B, T) each, from the token array or the batch source."""
+        """A fresh random batch (x, y), (B, T) each, from the token array or the batch source;
+        under torchrun, this rank's B / N rows of the global batch."""
         cfg = self.cfg
         if _is_source(self.train_tokens):
             x, y = self.train_tokens.sample_batch(cfg.batch_size, self.T, self.rng)
-            return x.to(self.dev), y.to(self.dev)
-        return get_batch(self.train_tokens, cfg.batch_size, self.T, self.dev, self.rng)
+            x, y = x.to(self.dev), y.to(self.dev)
+        else:
+            x, y = get_batch(self.train_tokens, cfg.batch_size, self.T, self.dev, self.rng)
+        return self.ranks.share(x), self.ranks.share(y)
 
     def _weighted_loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """sum(w * loss) / sum(w) over the batch's tokens, w = cfg.token_weights(x, y, loss) (B, T)."""
+        """sum(w * loss) / sum(w) over the batch's tokens, w = cfg.token_weights(x, y, loss) (B, T).
+
+        Under torchrun the denominator is the mean of sum(w) over the ranks, so the gradient DDP
+        averages is that of the global batch's weighted mean, however the kept tokens fall."""
         token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
                                                        reduction="none").view_as(y)  # (B, T)
         w = self.cfg.token_weights(x, y, token_loss.detach()).to(token_loss.dtype)  # (B, T)
-        return (w * token_loss).sum() / w.sum().clamp_min(1e-12)
+        return (w * token_loss).sum() / self.ranks.mean(w.sum()).clamp_min(1e-12)
 
     def step(self, step: int) -> float:
         """One optimizer step on a fresh random batch; returns its loss (before the update)."""
@@ -319,7 +342,7 @@ class _Run:
             else:
                 logits = self.fwd(x)  # (B, T, V)
                 loss = self._weighted_loss(logits, x, y)
-        loss_value = loss.item()
+        loss_value = self.ranks.mean(loss).item()  # the global batch's loss: every rank sees (and checks) it
         if not math.isfinite(loss_value):
             where = f"; the last good checkpoint is {cfg.checkpoint_path}" if cfg.checkpoint_path else ""
             raise TrainingDivergedError(
@@ -341,7 +364,8 @@ class _Run:
         return loss_value
 
     def validate(self, step: int) -> None:
-        """Mean loss on ``eval_batches`` validation batches, recorded at ``step``."""
+        """Mean loss on ``eval_batches`` validation batches, recorded at ``step``; under torchrun
+        each rank scores its rows of the same batches and the ranks average their means."""
         if self.val_tokens is None:
             return
         # The same windows every time (a fixed seed), so validation losses are comparable.
@@ -350,16 +374,21 @@ class _Run:
         batches = (get_batch(self.val_tokens, self.cfg.batch_size, self.T, self.dev, vrng)
                    for _ in range(self.cfg.eval_batches))
         with torch.no_grad(), self.amp():
-            losses = [float(self._logits_loss(x, y)[1]) for x, y in batches]
+            losses = [float(self._logits_loss(self.ranks.share(x), self.ranks.share(y))[1]) for x, y in batches]
         self.model.train()
         self.history["val_step"].append(step)
-        self.history["val_loss"].append(sum(losses) / len(losses))
+        self.history["val_loss"].append(self.ranks.mean(sum(losses) / len(losses)))
 
     def save(self, step: int) -> None:
-        """Write a checkpoint (atomically) if the run has a ``checkpoint_path``."""
-        if self.cfg.checkpoint_path is not None:
-            save_checkpoint(self.cfg.checkpoint_path, self.model, self.opt, step, capture_rng_state(self.rng, self.dev),
+        """Write a checkpoint (atomically) if the run has a ``checkpoint_path``; under torchrun
+        rank 0 writes it, with every rank's random stream, and the others wait until it is there."""
+        if self.cfg.checkpoint_path is None:
+            return
+        rng = {**capture_rng_state(self.rng, self.dev), **self.ranks.gather_rng()}
+        if self.ranks.is_main:
+            save_checkpoint(self.cfg.checkpoint_path, self.model, self.opt, step, rng,
                             {k: v for k, v in self.history.items() if k != "device"})
+        self.ranks.barrier()
 
 
 def train(model: torch.nn.Module, train_tokens: np.ndarray, val_tokens: np.ndarray | None = None,
@@ -373,14 +402,17 @@ def train(model: torch.nn.Module, train_tokens: np.ndarray, val_tokens: np.ndarr
     "val_step", "val_loss") plus "device".
     """
     cfg = _config_with(config, options)
-    if cfg.threads is not None:
-        configure_threads(cfg.threads)
-    else:
-        ensure_threads()
-    run = _Run(model, train_tokens, val_tokens, cfg)
+    ranks = distributed.start(cfg.device, cfg.threads)  # under torchrun: joins the process group
+    if not ranks.distributed:
+        if cfg.threads is not None:
+            configure_threads(cfg.threads)
+        else:
+            ensure_threads()
+    run = _Run(model, train_tokens, val_tokens, cfg, ranks)
     model.train()
-    bar = tqdm(range(run.start_step, cfg.steps), total=cfg.steps, initial=run.start_step, disable=not cfg.progress,
-               desc=f"train {type(model).__name__} on {run.dev}")
+    bar = tqdm(range(run.start_step, cfg.steps), total=cfg.steps, initial=run.start_step,
+               disable=not cfg.progress or not ranks.is_main,
+               desc=f"train {type(model).__name__} on {ranks.describe()}")
     for step in bar:
         loss = run.step(step)
         if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
@@ -393,7 +425,7 @@ def train(model: torch.nn.Module, train_tokens: np.ndarray, val_tokens: np.ndarr
             run.save(step + 1)
         info = {"step": step, "loss": loss, "lr": run.opt.param_groups[0]["lr"], "model": model,
                 "optimizer": run.opt, "history": run.history}
-        if any(cb(info) for cb in cfg.callbacks):
+        if run.ranks.any(any(cb(info) for cb in cfg.callbacks)):  # one rank's stop stops all
             break
     bar.close()
     run.save(run.history["step"][-1] + 1 if run.history["step"] else run.start_step)

@@ -26,6 +26,8 @@ FLOORS = {
     "minilm.device": 1,
     "minilm.atomic": 1,
     "minilm.checkpoint": 1,
+    "minilm.distributed": 1,  # torchrun plumbing (process group, DDP, rank shares); train.py uses it
+    "minilm.executors": 1,  # running independent jobs: in process, local workers (one per GPU), submitit
     # 2: models and what they are made of or fed with
     "minilm.models": 2,
     "minilm.attention": 2,

@@ -353,6 +353,59 @@ def test_delayed_layer_records_amax_in_training_only():
     assert "scalers" not in "".join(layer.state_dict())  # checkpoints keep nn.Linear's keys
 
 
+def test_quantization_counts_equal_a_direct_count():
+    # Unscaled: x with values that flush to zero (< 2^-10) and past E4M3's range; dy with values
+    # below E5M2's smallest subnormal. The counts must be those of the operands, counted here plainly.
+    torch.manual_seed(0)
+    layer = fp8.FP8Linear(64, 32, bias=False, recipe="none")
+    model = nn.Sequential(layer)
+    fp8.track_quantization(model)
+    x = torch.randn(16, 64) * torch.exp2(torch.randint(-14, 10, (16, 64)).float())
+    dy = torch.randn(16, 32) * torch.exp2(torch.randint(-22, -8, (16, 32)).float())
+    x.requires_grad_()
+    model(x).backward(dy)
+    xd = x.detach()
+
+    def flushed(t, fmt):
+        return int(((t != 0) & (fp8.round_to_fp8(t, fmt) == 0)).sum())
+
+    c = fp8.quantization_counts(model)
+    assert c["x"]["values"] == 16 * 64 and c["w"]["values"] == 32 * 64 and c["dy"]["values"] == 16 * 32
+    assert c["x"]["underflow"] == flushed(xd, "e4m3") > 0
+    assert c["dy"]["underflow"] == flushed(dy, "e5m2") > 0
+    assert c["w"]["underflow"] == flushed(layer.weight.detach(), "e4m3")
+    assert c["x"]["saturated"] == int((xd.abs() > 464).sum()) > 0  # 448 + half of E4M3's top spacing (32)
+    assert c["dy"]["underflow_fraction"] == c["dy"]["underflow"] / (16 * 32)
+    # A second step adds up; evaluation is not counted.
+    model(x).backward(dy)
+    assert fp8.quantization_counts(model)["dy"]["underflow"] == 2 * flushed(dy, "e5m2")
+    model.eval()
+    model(x)
+    assert fp8.quantization_counts(model)["x"]["values"] == 2 * 16 * 64
+    assert list(fp8.quantization_counts(model, by_layer=True)) == ["0"]
+    # Current scaling lifts the same gradients into range: (almost) nothing flushes.
+    current = nn.Sequential(fp8.FP8Linear.from_linear(nn.Linear(64, 32, bias=False), "current"))
+    fp8.track_quantization(current)
+    current(x).backward(dy)
+    assert fp8.quantization_counts(current)["dy"]["underflow"] < flushed(dy, "e5m2") / 10
+
+
+def test_delayed_scaling_counts_saturation_at_a_jump():
+    layer = fp8.FP8Linear(8, 4, bias=False, recipe=fp8.FP8Recipe(scaling="delayed", amax_history_len=4))
+    model = fp8.track_quantization(nn.Sequential(layer))
+    x = torch.ones(2, 8)
+    model(x).sum().backward()  # step 1: scale 1; the history learns amax 1 -> scale 448
+    model(x * 8).sum().backward()  # step 2: 8 * 448 is past the range: all 16 inputs saturate
+    assert fp8.quantization_counts(model)["x"]["saturated"] == 16
+
+
+def test_tracking_needs_fp8_layers():
+    with pytest.raises(ValueError, match="to_fp8"):
+        fp8.track_quantization(nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(ValueError, match="track_quantization"):
+        fp8.quantization_counts(nn.Sequential(fp8.FP8Linear(4, 4)))
+
+
 def test_recipes_are_checked_and_named():
     assert set(fp8.RECIPES) == {"none", "current", "delayed", "deepseek"}
     assert fp8.RECIPES["delayed"].amax_history_len == 1024 and fp8.RECIPES["delayed"].amax_compute_algo == "max"

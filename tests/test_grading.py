@@ -365,14 +365,14 @@ def test_partial_credit_follows_check_weights():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_self_check_is_honest_about_what_it_checked():
-    result = self_check(LAB, "q1", {"softmax": demo.softmax_ref})
+def test_self_check_is_honest_about_what_it_checked():  # class mode; self-study: tests/test_selfstudy.py
+    result = self_check(LAB, "q1", {"softmax": demo.softmax_ref}, mode="class")
     assert result.text == "q1: 2/2 public checks passed; 3 hidden checks run at grading."
     assert result.ok and result.public_points == pytest.approx(3 * 2 / 5)
 
 
 def test_self_check_failure_shows_hint_and_what_was_wrong_but_no_hidden_detail():
-    result = self_check(LAB, "q1", {"softmax": demo._softmax_wrong_axis})
+    result = self_check(LAB, "q1", {"softmax": demo._softmax_wrong_axis}, mode="class")
     text = result.text
     assert text.startswith("q1: 1/2 public checks passed; 3 hidden checks run at grading.")
     assert "a batch of two rows" in text and "max abs error" in text
@@ -383,15 +383,16 @@ def test_self_check_failure_shows_hint_and_what_was_wrong_but_no_hidden_detail()
 
 
 def test_self_check_of_values_checks_format_only():
-    assert "not one of the choices 'a', 'b', 'c'" in self_check(LAB, "q4", {"why_max": "d"}).text
-    ok = self_check(LAB, "q4", {"why_max": "a"})  # wrong, but well-formed: the self-check cannot tell
+    assert "not one of the choices 'a', 'b', 'c'" in self_check(LAB, "q4", {"why_max": "d"}, mode="class").text
+    ok = self_check(LAB, "q4", {"why_max": "a"}, mode="class")  # wrong, but well-formed: class mode cannot tell
     assert ok.ok and "checked at grading" in ok.text and "2 points" in ok.text
-    assert "convert with float" in self_check(LAB, "q3", {"heldout_nll": np.float64(1.0)}).text
-    assert "not defined" in self_check(LAB, "q3", {}).text
+    assert "convert with float" in self_check(LAB, "q3", {"heldout_nll": np.float64(1.0)}, mode="class").text
+    assert "not defined" in self_check(LAB, "q3", {}, mode="class").text
 
 
 def test_check_reads_the_callers_globals_and_lab(capsys):
-    ns = {"check": check, "check_all": check_all, "LAB": "99", "softmax": demo.softmax_ref, "why_max": "b"}
+    ns = {"check": check, "check_all": check_all, "LAB": "99", "softmax": demo.softmax_ref, "why_max": "b",
+          "MINILM_MODE": "class"}  # what `minilm release --class-mode` sets; self-study: tests/test_selfstudy.py
     exec("check('q1')\ncheck_all()", ns)
     out = capsys.readouterr().out
     assert out.startswith("q1: 2/2 public checks passed")
@@ -526,7 +527,12 @@ def test_identical_answers_ignore_comments_and_docstrings():
 
     a = nbtools.answer_sources(nb("def softmax(x):\n    '''mine'''\n    return x  # hi"), LAB)
     b = nbtools.answer_sources(nb("def softmax( x ):\n    return x"), LAB)
-    assert a == b == {"q1": "def softmax(x):\n    return x"}
+    assert a == b == {"q1": "def softmax(_v0):\n    return _v0"}
+    # Renamed variables and reformatting change nothing either; a different computation does.
+    c = nbtools.answer_sources(nb("def softmax(logits: 'Array') -> float:\n    out = logits\n    return out"), LAB)
+    d = nbtools.answer_sources(nb("def softmax(z):\n    tmp=z\n    return (tmp)"), LAB)
+    e = nbtools.answer_sources(nb("def softmax(z):\n    tmp = z\n    return tmp + 1"), LAB)
+    assert c == d != e
     assert nbtools.answer_sources(nb("def softmax(x):\n    raise NotImplementedError()"), LAB) == {}
     assert nbtools.answer_sources(nb("%matplotlib inline\ndef softmax(x):\n    return 2 * x"), LAB)
     results = [GradeResult(s, "", "99", "ok", [], answers=ans) for s, ans in (("ann", a), ("bob", b), ("cy", {}))]
@@ -691,8 +697,8 @@ def test_gradescope_autograder_folder(tmp_path):
     out = tmp_path / "autograder"
     assert main(["gradescope", "--lab", "99", "--out", str(out), "--release", str(RELEASE)]) == 0
     run = (out / "run_autograder").read_text()
-    assert "--lab 99" in run and "/autograder/results/results.json" in run and "--run-as nobody" in run
-    assert "--release /autograder/source/release.ipynb" in run
+    assert "--lab 99" in run and '"$ROOT/results/results.json"' in run and "--run-as nobody" in run
+    assert 'ROOT="${AUTOGRADER_ROOT:-/autograder}"' in run and '--release "$ROOT/source/release.ipynb"' in run
     assert os.access(out / "run_autograder", os.X_OK) and os.access(out / "setup.sh", os.X_OK)
     for script in ("run_autograder", "setup.sh"):
         assert subprocess.run(["bash", "-n", str(out / script)]).returncode == 0

@@ -386,7 +386,7 @@ def test_check_command_reports_public_checks_honestly():
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"minilm-check-{uuid.uuid4().hex}.ipynb"
     nbformat.write(nb, tmp)
     try:
-        proc = _run_cli("check", str(tmp), "--lab", "99", "--cell-timeout", "30", "--timeout", "60")
+        proc = _run_cli("check", str(tmp), "--lab", "99", "--cell-timeout", "30", "--timeout", "60", "--mode", "class")
     finally:
         tmp.unlink()
     assert proc.returncode == 1, proc.stderr[-2000:]  # a public check fails

@@ -186,3 +186,73 @@ def test_markov_from_transition_matches_given_rows():
         MarkovLanguage.from_transition(np.full((3, 2), 0.5))
     with pytest.raises(ValueError, match="> 0"):
         MarkovLanguage.from_transition(np.array([[1.0, 0.0], [0.5, 0.5]]))
+
+
+# --- the fit's uncertainty, targets, the step law and steps-to-reach ---------------------------------
+def test_fit_uncertainty_is_calibrated_on_noisy_points():
+    """Over many noise draws, the spread of the prediction at a held-out mixture matches the fit's
+    own standard error (delta method), and the leave-one-out error matches the noise level."""
+    c, k, t = _known_law()
+    r = np.vstack([simplex_grid(3, 4), [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]])   # 17 mixtures
+    query = np.array([0.3, 0.3, 0.4])
+    clean = mixing_law(r, c, k, t)
+    rng = np.random.default_rng(0)
+    sigma = 0.01
+    preds, stds, loos = [], [], []
+    for _ in range(150):
+        fit = fit_mixing_law(r, clean + rng.normal(0, sigma, clean.shape))
+        preds.append(fit.predict(query))
+        stds.append(fit.predict_std(query))
+        loos.append(fit.loo)
+    spread = np.std(preds, axis=0)
+    assert np.all(np.abs(np.median(stds, axis=0) / spread - 1) < 0.35), (np.median(stds, axis=0), spread)
+    assert np.all(np.abs(np.mean(loos, axis=0) / sigma - 1) < 0.5)
+    assert np.allclose(np.mean(preds, axis=0), mixing_law(query, c, k, t), atol=3 * spread.max() / np.sqrt(150) + 1e-3)
+
+
+def test_target_weights_by_name_mapping_or_array():
+    c, k, t = _known_law()
+    r = simplex_grid(3, 4)
+    fit = fit_mixing_law(r, mixing_law(r, c, k, t), names=["x", "y"])
+    q = np.array([0.2, 0.5, 0.3])
+    both = fit.predict(q)
+    assert fit.target(q, "y") == pytest.approx(both[1])
+    assert fit.target(q, {"x": 0.25, "y": 0.75}) == pytest.approx(0.25 * both[0] + 0.75 * both[1])
+    assert fit.target(q, [2.0, 0.0]) == pytest.approx(2 * both[0])            # weights need not sum to 1
+    assert fit.target(r, "x").shape == (len(r),)
+    assert fit.target_std(q, "x") == pytest.approx(fit.predict_std(q)[0])   # one domain, weight 1
+    with pytest.raises(ValueError, match="unknown validation domain"):
+        fit.target(q, "z")
+    with pytest.raises(ValueError, match="2 finite numbers"):
+        fit.target(q, [1.0, 0.0, 0.0])
+
+
+def test_step_law_fit_recovers_known_parameters_and_inverts():
+    from minilm.mixing import StepLaw, fit_step_law
+
+    truth = StepLaw(E=1.8, B=3.0, beta=0.6)
+    steps = np.arange(10, 310, 20)
+    law = fit_step_law(steps, truth(steps))
+    assert (law.E, law.B, law.beta) == pytest.approx((1.8, 3.0, 0.6), rel=1e-4)
+    assert law.steps_to(float(truth(500))) == pytest.approx(500, rel=1e-4)
+    assert law.steps_to(1.7) == float("inf")                                  # below E: never
+    with pytest.raises(ValueError, match="at least 4"):
+        fit_step_law([1, 2, 3], [3.0, 2.5, 2.2])
+
+
+def test_steps_to_reach_interpolates_between_recorded_points():
+    from minilm.mixing import steps_to_reach
+
+    steps, losses = [10, 20, 30, 40], [3.0, 2.6, 2.4, 2.3]
+    assert steps_to_reach(steps, losses, 2.5) == pytest.approx(25.0)
+    assert steps_to_reach(steps, losses, 3.5) == 10.0                         # already there at the first point
+    assert steps_to_reach(steps, losses, 2.0) is None
+
+
+def test_text_domains_share_one_vocabulary():
+    from minilm.mixing import text_domains
+
+    domains, tok = text_domains(n_chars=20_000, val_fraction=0.1)
+    assert [d.name for d in domains] == ["prose", "code"]
+    for d in domains:
+        assert len(d.train) == 18_000 and len(d.val) == 2_000 and d.train.max() < tok.vocab_size

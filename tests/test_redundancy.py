@@ -15,10 +15,13 @@ from minilm.redundancy import (
     choose_layers,
     cosine_matrix,
     find_ticket,
+    heal,
     layer_sparsity,
     magnitude_mask,
+    next_token_accuracy,
     prunable_layers,
     prune_step,
+    removal_curves,
     removal_order,
     remove_layers,
     rewind,
@@ -186,3 +189,80 @@ def test_find_ticket_rounds_sparsity():
         assert abs(s - (1 - 0.8 ** r)) < 0.01
     with pytest.raises(ValueError, match="rate"):
         find_ticket(model, lambda m: None, rounds=1, rate=1.5)
+
+
+# ------------------------------------------------------------------------------ after removal
+@pytest.mark.parametrize("make", [_gpt, _rwkv])
+@pytest.mark.parametrize("drop", [[0], [1]])
+def test_removed_model_decodes_incrementally_like_its_full_forward(make, drop):
+    """Renumbered blocks: a GPT's KV cache and RWKV's recurrent state still index the right layer."""
+    small = remove_layers(make(), drop)
+    prompt = _idx(B=2, T=4)
+    fast = small.generate(prompt, 6, temperature=0)       # KV cache / recurrent state
+    slow = prompt
+    with torch.no_grad():
+        for _ in range(6):                                # the whole sequence again at every step
+            logits = small(slow)
+            slow = torch.cat([slow, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(fast, slow)
+
+
+def test_removal_curves_score_every_rule_and_k():
+    model = _gpt(n_layers=4)
+    bi = [0.3, 0.05, 0.2, 0.01]
+    curves = removal_curves(model, bi, [1, 2], lambda m: tuple(i for i, _ in enumerate(m.blocks)), seed=3)
+    assert curves["bi"] == [(0, 1, 2), (0, 1)]            # 3 blocks left, then 2
+    scored = removal_curves(model, bi, [2], lambda m: m, rules=("bi",))["bi"][0]
+    kept = [b for i, b in enumerate(model.blocks) if i not in (1, 3)]
+    assert all(torch.equal(a.attn.wqkv.weight, b.attn.wqkv.weight) for a, b in zip(scored.blocks, kept))
+    assert removal_curves(model, bi, [1], lambda m: 0, rules=("random",), seed=3) == {"random": [0]}
+
+
+def test_next_token_accuracy_against_a_loop():
+    model = _gpt()
+    tokens = np.random.default_rng(0).integers(0, 17, size=16 * 5 + 3)
+    hits = total = 0
+    with torch.no_grad():
+        for w in range(5):                                # every non-overlapping window of 16
+            x = torch.as_tensor(tokens[16 * w : 16 * w + 16]).unsqueeze(0)
+            y = tokens[16 * w + 1 : 16 * w + 17]
+            pred = model(x)[0].argmax(-1).numpy()
+            hits += int((pred[4:] == y[4:]).sum())
+            total += 12
+    assert next_token_accuracy(model, tokens, 16, batch_size=2, score_from=4) == pytest.approx(hits / total)
+    # a model that always predicts the data's next token scores 1
+    copier = _NextTokenOracle(17)
+    assert next_token_accuracy(copier, np.arange(40) % 17, 8) == 1.0
+    with pytest.raises(ValueError, match="score_from"):
+        next_token_accuracy(model, tokens, 16, score_from=16)
+
+
+class _NextTokenOracle(nn.Module):
+    """Predicts token (x + 1) mod V: right on every step of 0, 1, 2, ... mod V."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx):
+        return F.one_hot((idx + 1) % self.vocab, self.vocab).float() + 0 * self.dummy
+
+
+@pytest.mark.parametrize("make", [_gpt, _rwkv])
+def test_heal_trains_a_copy_and_lowers_the_training_loss(make):
+    from minilm.data.languages import MarkovLanguage
+    from minilm.train import evaluate
+
+    tokens = MarkovLanguage(17, 1, 0.1, seed=0).sample(4000, seed=1)
+    small = remove_layers(make(n_layers=3), [1])
+    before = snapshot(small)
+    loss_before = evaluate(small, tokens, context_length=16)
+    healed = heal(small, tokens, steps=30, lr=1e-2, batch_size=8, context_length=16, seed=0)
+    assert evaluate(healed, tokens, context_length=16) < loss_before - 0.1   # it learned
+    assert all(torch.equal(v, snapshot(small)[k]) for k, v in before.items())  # the removed model untouched
+    assert len(healed.blocks) == len(small.blocks)
+    again = heal(small, tokens, steps=30, lr=1e-2, batch_size=8, context_length=16, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(healed.parameters(), again.parameters()))  # seeded
+    with pytest.raises(ValueError, match="steps"):
+        heal(small, tokens, steps=0, lr=1e-3)

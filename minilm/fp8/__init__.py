@@ -9,7 +9,8 @@ Open the modules in this order (each cites the definitions it implements):
             DeepSeek-V3's 1x128 / 128x128 tiles; ``fake_quantize``; ``quantization_error``
   linear    ``FP8Recipe`` (and the named ``RECIPES``), ``FP8Linear`` (E4M3 forward, E5M2
             gradients, FP32 accumulation and master weights), ``to_fp8(model, recipe)``,
-            limited accumulation precision with promotion every N_C elements
+            limited accumulation precision with promotion every N_C elements;
+            ``track_quantization`` / ``quantization_counts``: underflow and saturation in training
   memory    ``bytes_per_parameter`` / ``memory_table``: bytes per parameter and activation per recipe
   hardware  ``scaled_mm_fp8``: the same product on FP8 tensor cores (``torch.nn.functional.scaled_mm``)
 
@@ -39,8 +40,10 @@ from minilm.fp8.linear import (
     FP8Recipe,
     get_recipe,
     limited_precision_matmul,
+    quantization_counts,
     round_significand,
     to_fp8,
+    track_quantization,
 )
 from minilm.fp8.memory import bytes_per_parameter, memory_table
 from minilm.fp8.scaling import (
@@ -79,6 +82,7 @@ __all__ = [
     "limited_precision_matmul",
     "memory_table",
     "overflows",
+    "quantization_counts",
     "quantization_error",
     "representable_values",
     "round_significand",
@@ -86,4 +90,5 @@ __all__ = [
     "scaled_mm_fp8",
     "tile_scales",
     "to_fp8",
+    "track_quantization",
 ]

@@ -17,6 +17,11 @@ for Fprop and Dgrad, 128 x 1 tiles of dy and of the (already quantised) x for Wg
 "converted from an 1x128 quantization tile to an 128x1 tile in the backward pass"), 128 x 128
 blocks of W for both.
 
+``track_quantization(model)`` makes every ``FP8Linear`` count, per role (x, w, dy), the values
+it quantised, those that flushed to zero (underflow) and those clipped to the format's largest
+number (saturation); ``quantization_counts(model)`` adds them up: how the unscaled recipe loses
+its gradients, measured during training.
+
 ``accum_bits`` emulates a tensor core whose accumulator keeps only about 14 significant bits
 (sec. 3.3.2, measured on H800) and DeepSeek-V3's fix, promoting the partial sum to an FP32
 register every N_C = 128 elements (``limited_precision_matmul``; a Python loop over K: slow).
@@ -29,7 +34,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 
-from minilm.fp8.formats import get_format, round_to_fp8
+from minilm.fp8.formats import get_format, overflows, round_to_fp8
 from minilm.fp8.scaling import DelayedScaler, current_scale, fake_quantize, fake_quantize_tiles
 
 _SCALINGS = ("none", "current", "delayed", "tile")
@@ -190,6 +195,7 @@ class FP8Linear(nn.Module):
         self.recipe = get_recipe(recipe)
         linear = nn.Linear(in_features, out_features, bias=bias)  # nn.Linear's initialisation
         self.weight, self.bias = linear.weight, linear.bias
+        self.counts: dict[str, torch.Tensor] | None = None  # role -> (values, underflow, saturated); None: off
         if self.recipe.scaling == "delayed":  # one amax history per quantised tensor, as TE keeps
             r = self.recipe
             self.scalers = nn.ModuleDict({
@@ -212,15 +218,29 @@ class FP8Linear(nn.Module):
         """
         r = self.recipe
         fmt = r.bwd_format if role.startswith("dy") else r.fwd_format
+        scale = None  # the per-tensor scale, for the saturation count; tiles never saturate (amax -> max)
         if r.scaling == "none":
-            return round_to_fp8(t, fmt)
-        if r.scaling == "current":
-            return fake_quantize(t, fmt, current_scale(t, fmt, r.margin, r.power_of_two_scales))
-        if r.scaling == "delayed":
-            return self.scalers[role](t, update=self.training)  # evaluation leaves the history alone
-        n = r.tile
-        tile = {"x": (1, n), "w": (n, n), "dy": (1, n), "dy_t": (n, 1), "x_t": (n, 1)}[role]
-        return fake_quantize_tiles(t, fmt, tile, r.margin, r.power_of_two_scales, r.pad_tiles)
+            scale, q = 1.0, round_to_fp8(t, fmt)
+        elif r.scaling == "current":
+            scale = current_scale(t, fmt, r.margin, r.power_of_two_scales)
+            q = fake_quantize(t, fmt, scale)
+        elif r.scaling == "delayed":
+            scale = self.scalers[role].scale.clone()  # the scale this step uses, before the update
+            q = self.scalers[role](t, update=self.training)  # evaluation leaves the history alone
+        else:
+            n = r.tile
+            tile = {"x": (1, n), "w": (n, n), "dy": (1, n), "dy_t": (n, 1), "x_t": (n, 1)}[role]
+            q = fake_quantize_tiles(t, fmt, tile, r.margin, r.power_of_two_scales, r.pad_tiles)
+        # Training steps only (not evaluation); the Wgrad re-tilings are the same values again.
+        if self.counts is not None and self.training and role in ("x", "w", "dy"):
+            self._count(t, q, role, fmt, scale)
+        return q
+
+    def _count(self, t: torch.Tensor, q: torch.Tensor, role: str, fmt: str, scale) -> None:
+        t = t.detach()
+        saturated = overflows(t * scale, fmt).sum() if scale is not None else torch.zeros((), dtype=torch.long)
+        new = torch.stack([torch.tensor(t.numel()), ((t != 0) & (q == 0)).sum().cpu(), saturated.cpu()])
+        self.counts[role] = self.counts.get(role, torch.zeros(3, dtype=torch.long)) + new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features)."""
@@ -261,3 +281,42 @@ def to_fp8(model: nn.Module, recipe: str | FP8Recipe = "current",
         raise ValueError(f"to_fp8 found no nn.Linear to swap in {type(model).__name__} (skip={skip}): is it "
                          "already converted, or are all its linear layers skipped?")
     return model
+
+
+def track_quantization(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Start (and zero) or stop the counting of underflow and saturation in every ``FP8Linear``."""
+    layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no FP8Linear to track: convert it with to_fp8(model) first")
+    for m in layers:
+        m.counts = {} if enabled else None
+    return model
+
+
+def quantization_counts(model: nn.Module, by_layer: bool = False) -> dict:
+    """What the tracked ``FP8Linear`` layers of ``model`` counted in training since ``track_quantization``.
+
+    Returns {role: {"values", "underflow", "saturated", "underflow_fraction", "saturated_fraction"}}
+    for the roles "x" (inputs), "w" (weights) and "dy" (output gradients), summed over the layers
+    and steps; with ``by_layer`` the same per layer name: {name: {role: {...}}}.
+    underflow: a value that was not 0 and became 0; saturated: one past the format's range after
+    scaling, clipped to +-max.
+    """
+    def summary(counts: dict[str, torch.Tensor]) -> dict:
+        out = {}
+        for role, c in counts.items():
+            n, under, sat = (int(v) for v in c)
+            out[role] = {"values": n, "underflow": under, "saturated": sat,
+                         "underflow_fraction": under / n if n else 0.0, "saturated_fraction": sat / n if n else 0.0}
+        return out
+
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, FP8Linear)}
+    if not any(m.counts is not None for m in layers.values()):
+        raise ValueError("nothing was tracked: call track_quantization(model) before training")
+    if by_layer:
+        return {name: summary(m.counts) for name, m in layers.items() if m.counts is not None}
+    total: dict[str, torch.Tensor] = {}
+    for m in layers.values():
+        for role, c in (m.counts or {}).items():
+            total[role] = total.get(role, torch.zeros(3, dtype=torch.long)) + c
+    return summary(total)

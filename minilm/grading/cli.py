@@ -9,6 +9,7 @@ notebook names, into the lab's declared questions, and reaches each handler as `
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import stat
 import sys
@@ -34,12 +35,13 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lab", help="lab id, e.g. 03 (default: read from the notebook)")
 
 
-def _limits(args: argparse.Namespace):
+def _limits(args: argparse.Namespace, sandbox: str = "auto"):
     from minilm.grading.grader import Limits
 
     try:
         return Limits(cell_timeout=args.cell_timeout, timeout=args.timeout, probe_timeout=args.probe_timeout,
-                      memory_mb=args.memory_mb or None, user=getattr(args, "run_as", None))
+                      memory_mb=args.memory_mb or None, user=getattr(args, "run_as", None) or None,
+                      sandbox=sandbox)
     except ValueError as err:
         raise _fail(str(err)) from None
 
@@ -81,13 +83,16 @@ def cmd_release(args: argparse.Namespace) -> int:
             raise _fail(f"{src} does not exist")
         out = Path(args.out) if args.out else src.parent.parent / src.name
         if args.verify:
+            if args.class_mode:
+                raise _fail("--verify compares with the course's (self-study) release; a class-mode release is "
+                            "your class's own copy: re-release it with --class-mode instead of verifying it")
             reason = nbtools.stale_reason(src, out)
             print(f"{out}: {'up to date' if reason is None else 'STALE: ' + reason}")
             status |= reason is not None
             continue
         lab = _lab_of(args, nbtools.read_notebook(src), src)
         try:
-            report = release_lab(src, out, lab=lab, check=not args.no_check)
+            report = release_lab(src, out, lab=lab, check=not args.no_check, class_mode=args.class_mode)
         except ReleaseError as err:
             print(f"{src}: {err}", file=sys.stderr)
             status = 1
@@ -105,7 +110,8 @@ def cmd_release(args: argparse.Namespace) -> int:
                 status = 1
                 continue
             print(f"  executed solution: {result.score:g}/{result.max_score:g} in {result.duration_s:.0f} s")
-        print(f"released {out}" + ("" if args.no_check else " (gates passed)"))
+        print(f"released {out}" + ("" if args.no_check else " (gates passed)")
+              + (" in class mode: check() runs the public checks only" if args.class_mode else ""))
     return status
 
 
@@ -115,35 +121,40 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Run a notebook headless and report its public checks, like check_all() in the notebook."""
+    """Run a notebook headless and check it, like check_all() in the notebook: in self-study mode
+    every check (hidden inputs drawn now, measured values against the reference recomputed under the
+    notebook's parameters) and the score; in class mode the public checks only."""
     from minilm.grading.grader import grade_notebook
-    from minilm.grading.selfcheck import summarize, total_line
+    from minilm.grading.selfcheck import resolve_mode, summarize, total_line
 
     path = Path(args.notebook)
     if not path.exists():
         raise _fail(f"{path} does not exist")
     limits = _limits(args)
-    if args.lab:
-        lab = _find_lab(args, args.lab)
-    else:
-        nb, error = nbtools.read_submission(path)
-        if nb is None:
-            raise _fail(f"{path}: {error}")
-        lab = _lab_of(args, nb, path)
+    lab = _find_lab(args, args.lab) if args.lab else None
+    nb, error = nbtools.read_submission(path)
+    if nb is None:
+        raise _fail(f"{path}: {error}")
+    lab = lab or _lab_of(args, nb, path)
     try:
-        result = grade_notebook(path, lab=lab, public_only=True, limits=limits)
+        mode = args.mode or resolve_mode(nb=nb)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    try:
+        result = grade_notebook(path, lab=lab, public_only=mode == "class", limits=limits)
     except ValueError as err:
         raise _fail(str(err)) from None
     if result.status == "invalid-notebook":
         raise _fail(f"{path}: {result.message}")
+    print(f"Lab {lab.id}: {lab.title} ({'self-study' if mode == 'self' else 'class'} mode)")
     summaries = []
     for q, qr in zip(lab.questions, result.questions):
-        s = summarize(q, qr)
+        s = summarize(q, qr, mode)
         summaries.append(s)
         print(f"[{q.points:g} pts] {s.text}")
     for c in result.cells:
         print(f"  cell {c['index']} ({c['first_line']!r}): {c['status']}: {c['error'][:150]}")
-    print(total_line(lab, summaries))
+    print(total_line(lab, summaries, mode))
     return 0 if all(s.ok for s in summaries) else 1
 
 
@@ -153,24 +164,53 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _submissions(items: list[str]) -> list[Path]:
+    """The notebooks to grade: files named, and ``*.ipynb`` under folders named.
+
+    Folders are walked without following symbolic links; a link to a notebook is listed (and
+    graded as invalid: its target is never read), so that it shows in the class's results.
+    """
     found: list[Path] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            found += sorted(x for x in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in x.parts)
-        elif p.exists():
+        if p.is_dir() and not p.is_symlink():
+            for root, dirs, files in os.walk(p, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if d != ".ipynb_checkpoints")
+                found += [Path(root) / f for f in sorted(files) if f.endswith(".ipynb")]
+        elif p.exists() or p.is_symlink():
             found.append(p)
         else:
             raise _fail(f"{p} does not exist")
     if not found:
         raise _fail("no .ipynb submissions found")
-    return found
+    unique = list(dict.fromkeys(os.path.abspath(f) for f in found))  # the same file named twice counts once
+    return [Path(f) for f in unique]
+
+
+def _clean_up_when_stopped() -> None:
+    """On SIGTERM, SIGHUP or Ctrl-C: kill every student process and remove the job folders (the
+    copies of submissions) before exiting. A grader killed outright (SIGKILL) leaves its job folders
+    to the next ``minilm grade``, which removes them."""
+    import signal
+
+    from minilm.grading.grader import remove_job_folders
+
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        sandbox.kill_children()
+        remove_job_folders()
+        print(f"minilm: grading stopped by signal {signum}; no report written", file=sys.stderr)
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        try:
+            signal.signal(sig, stop)
+        except (ValueError, OSError, AttributeError):  # not the main thread, or no such signal here
+            pass
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
     """Grade many submissions in sandboxed children and write the reports."""
     from minilm.grading.grader import check_user_can_run, grade_many
-    from minilm.grading.report import gradescope_json, write_reports
+    from minilm.grading.report import gradescope_json, review_items, write_reports
 
     paths = _submissions(args.submissions)
     lab = _find_lab(args, args.lab) if args.lab else None
@@ -185,7 +225,16 @@ def cmd_grade(args: argparse.Namespace) -> int:
             check_user_can_run(args.run_as)
         except ValueError as err:
             raise _fail(str(err)) from None
-    limits = _limits(args)
+    # A class is graded in bubblewrap sandboxes, or not at all unless the instructor accepts less.
+    limits = _limits(args, "auto" if args.allow_unsandboxed else "bwrap")
+    from minilm.grading.grader import sandbox_plan
+
+    try:
+        bwrap, protections = sandbox_plan(limits)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    if bwrap is None:
+        print(f"warning: {protections[0]}", file=sys.stderr)
     if lab is None:
         found = {nbtools.lab_id_of(nbtools.read_submission(p)[0], p) for p in paths} - {None}
         if len(found) != 1:
@@ -196,10 +245,16 @@ def cmd_grade(args: argparse.Namespace) -> int:
     # This process is the grader: adopt anything a student detaches, and keep our memory private.
     sandbox.become_subreaper()
     sandbox.make_undumpable()
+    _clean_up_when_stopped()
+    hide = [args.out] + [str(Path(x).absolute()) for x in args.submissions if Path(x).is_dir()]
+    if args.gradescope_results:
+        hide.append(str(Path(args.gradescope_results).absolute().parent))
     results, master = grade_many(paths, lab=lab, jobs=args.jobs, seed=args.seed, limits=limits,
-                                 release=args.release, progress=not args.no_progress, sweep_orphans=True)
+                                 release=args.release, progress=not args.no_progress, sweep_orphans=True,
+                                 hide=[os.path.abspath(h) for h in hide])
     sandbox.kill_children()  # nothing a student started survives to touch the reports
-    out = write_reports(results, args.out, lab.id, [q.name for q in lab.questions], master, args.hidden_visibility)
+    out = write_reports(results, args.out, lab.id, [q.name for q in lab.questions], master, args.hidden_visibility,
+                        protections=protections)
     if args.gradescope_results:
         import json
 
@@ -207,7 +262,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
                              json.dumps(gradescope_json(results[0], args.hidden_visibility), indent=1) + "\n")
     width = max(len(r.student) for r in results)
     for r in results:
-        flag = f"  [{len(r.tamper)} to review]" if r.tamper else ""
+        n_review = len(review_items(r))
+        flag = f"  [{n_review} to review]" if n_review else ""
         print(f"{r.student:<{width}}  {r.score:6.4g} / {r.max_score:g}  {r.status}{flag}")
     print(f"reports in {out}/ (grades.csv, feedback/, gradescope/, tamper.md); master seed {master}")
     return 0
@@ -219,35 +275,82 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 _RUN_AUTOGRADER = """#!/usr/bin/env bash
 # Gradescope entry point for minilm lab {lab}, generated by `minilm gradescope --lab {lab}`.
+# AUTOGRADER_ROOT and MINILM_PYTHON exist for testing this script outside Gradescope.
 set -uo pipefail
-cd /autograder/source
-mkdir -p /autograder/results
-SUB=$(find /autograder/submission -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort | head -n 1)
+ROOT="${{AUTOGRADER_ROOT:-/autograder}}"
+PY="${{MINILM_PYTHON:-/opt/minilm-venv/bin/python}}"
+cd "$ROOT/source"
+mkdir -p "$ROOT/results"
+SUB=$(find "$ROOT/submission" -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort | head -n 1)
 if [ -z "$SUB" ]; then
-  echo '{{"score": 0, "output": "No .ipynb notebook was found in your submission."}}' > /autograder/results/results.json
+  echo '{{"score": 0, "output": "No .ipynb notebook was found in your submission."}}' > "$ROOT/results/results.json"
   exit 0
 fi
-python3 -m minilm grade "$SUB" --lab {lab} --out /autograder/results/minilm \\
-  --gradescope-results /autograder/results/results.json --no-progress{release}{run_as} \\
+# Each Gradescope submission runs in a container of its own; student code also runs in a
+# bubblewrap sandbox when the container allows one (--allow-unsandboxed: grade anyway when not).
+"$PY" -m minilm grade "$SUB" --lab {lab} --out "$ROOT/results/minilm" \\
+  --gradescope-results "$ROOT/results/results.json" --no-progress --allow-unsandboxed{release}{run_as} \\
   --cell-timeout {cell_timeout:g} --timeout {timeout:g} --probe-timeout {probe_timeout:g} --memory-mb {memory_mb}
 """
 
 _SETUP = """#!/usr/bin/env bash
-# Gradescope setup for minilm lab {lab}: CPU-only PyTorch, minilm's dependencies and the grader's.
+# Gradescope setup for minilm lab {lab}: CPU-only PyTorch, minilm's dependencies and the grader's,
+# in a virtual environment (newer Ubuntu images refuse system-wide pip installs). Versions are those
+# of the machine that wrote this folder, or the newest release up to them that supports the image's
+# Python (3.10 on Gradescope's Ubuntu 22.04 base image) where that machine's needs a newer Python.
 set -euo pipefail
-apt-get update && apt-get install -y python3 python3-pip
-pip3 install --index-url https://download.pytorch.org/whl/cpu "torch=={torch}"
-pip3 install {pinned}
+apt-get update && apt-get install -y python3 python3-venv python3-pip bubblewrap
+python3 -m venv /opt/minilm-venv
+/opt/minilm-venv/bin/pip install --upgrade pip
+/opt/minilm-venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu {torch}
+/opt/minilm-venv/bin/pip install {pinned}
 """
 # What `import minilm` and the labs need (pyproject.toml's dependencies, torch aside) and what the
-# grader runs notebooks with, pinned to the versions installed where the folder is written.
+# grader runs notebooks with.
 _PINNED = ("numpy", "scipy", "regex", "tqdm", "matplotlib", "nbclient", "nbformat", "ipykernel", "ipywidgets")
+GRADESCOPE_PYTHON = "3.10"  # Gradescope's Ubuntu 22.04 base image
+
+
+def _requirement(name: str, python: str = GRADESCOPE_PYTHON) -> str:
+    """A pip requirement for ``name``: the installed version, or at most it when it needs a newer Python.
+
+    The lower bound then is minilm's own (pyproject.toml), so pip picks the newest release in
+    between that supports ``python``.
+    """
+    import importlib.metadata as md
+
+    try:
+        version = md.version(name).split("+")[0]
+        needs = md.metadata(name).get("Requires-Python") or ""
+    except md.PackageNotFoundError:
+        raise _fail(f"{name} is not installed here; install it to pin its version") from None
+    if _admits(needs, python):
+        return f'"{name}=={version}"'
+    floor = next((r.split(name, 1)[1].split(";")[0].strip().split(",")
+                  for r in (md.requires("minilm") or []) if r.startswith(name + ">=") or r.startswith(name + "<")), [])
+    lower = [f for f in floor if f.startswith(">=")]
+    return f'"{name}{lower[0] + "," if lower else ""}<={version}"'
+
+
+def _admits(requires_python: str, python: str) -> bool:
+    """Whether a ``Requires-Python`` specifier admits ``python`` (e.g. "3.10")."""
+    if not requires_python.strip():
+        return True
+    try:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    except ImportError:  # packaging comes with most installs; else read the usual ">=3.N" alone
+        import re
+
+        floors = re.findall(r">=\s*3\.(\d+)", requires_python)
+        return all(int(python.split(".")[1]) >= int(f) for f in floors)
+    try:
+        return SpecifierSet(requires_python).contains(python + ".0", prereleases=True)
+    except InvalidSpecifier:
+        return False
 
 
 def cmd_gradescope(args: argparse.Namespace) -> int:
     """Write a Gradescope autograder folder (run_autograder, setup.sh, the minilm package)."""
-    import importlib.metadata as md
-
     import minilm
 
     if not args.lab:
@@ -261,23 +364,17 @@ def cmd_gradescope(args: argparse.Namespace) -> int:
     release_arg = ""
     if release.exists():
         shutil.copyfile(release, out / "release.ipynb")
-        release_arg = " \\\n  --release /autograder/source/release.ipynb"
+        release_arg = ' \\\n  --release "$ROOT/source/release.ipynb"'
     elif args.release:
         raise _fail(f"--release {release} does not exist")
     shutil.copytree(Path(minilm.__file__).parent, out / "minilm", ignore=shutil.ignore_patterns("__pycache__"))
-
-    def version(name: str) -> str:
-        try:
-            return md.version(name).split("+")[0]
-        except md.PackageNotFoundError:
-            raise _fail(f"{name} is not installed here; install it to pin its version") from None
 
     run_as = f" --run-as {args.run_as}" if args.run_as else ""
     (out / "run_autograder").write_text(_RUN_AUTOGRADER.format(
         lab=lab.id, release=release_arg, run_as=run_as, cell_timeout=args.cell_timeout, timeout=args.timeout,
         probe_timeout=args.probe_timeout, memory_mb=args.memory_mb))
-    pinned = " ".join(f'"{name}=={version(name)}"' for name in _PINNED)
-    (out / "setup.sh").write_text(_SETUP.format(lab=lab.id, torch=version("torch"), pinned=pinned))
+    pinned = " ".join(_requirement(name) for name in _PINNED)
+    (out / "setup.sh").write_text(_SETUP.format(lab=lab.id, torch=_requirement("torch"), pinned=pinned))
     for name in ("run_autograder", "setup.sh"):
         mode = (out / name).stat().st_mode
         (out / name).chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -307,12 +404,18 @@ def add_commands(subparsers: Any, find_lab: Callable[[str], Lab]) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the gates (reference full, stubs zero, wrong < full)")
     p.add_argument("--verify", action="store_true", help="write nothing; fail if a committed student notebook is stale")
     p.add_argument("--execute", action="store_true", help="also execute the solution notebook: it must score full")
+    p.add_argument("--class-mode", action="store_true",
+                   help="mark the student notebooks for a class: check() and check_all() run the public checks only "
+                        "and leave the verdict to grading (default: self-study, the full verdict)")
     _add_limits(p)
     p.set_defaults(func=cmd_release, find_lab=find_lab)
 
-    p = subparsers.add_parser("check", help="run a notebook's public checks from the terminal",
+    p = subparsers.add_parser("check", help="run a notebook headless and check its answers from the terminal",
                               description=cmd_check.__doc__)
     p.add_argument("notebook", help="the .ipynb to check")
+    p.add_argument("--mode", choices=["self", "class"],
+                   help="self: every check and the score; class: public checks only (default: $MINILM_MODE, "
+                        "else the notebook's own mode, else self)")
     _add_limits(p)
     p.set_defaults(func=cmd_check, find_lab=find_lab)
 
@@ -328,6 +431,9 @@ def add_commands(subparsers: Any, find_lab: Callable[[str], Lab]) -> None:
                    choices=["visible", "hidden", "after_due_date", "after_published"],
                    help="Gradescope visibility of the graded (hidden) checks (default after_published)")
     p.add_argument("--run-as", help="when run as root: the user that runs student code (e.g. nobody)")
+    p.add_argument("--allow-unsandboxed", action="store_true",
+                   help="grade even where no bubblewrap sandbox can be made (student code then runs as the "
+                        "grader's user, or --run-as USER); without it grading refuses to start there")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_limits(p)
     p.set_defaults(func=cmd_grade, find_lab=find_lab)

@@ -11,6 +11,7 @@ and is what the release gates and the labs' tests use.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -46,7 +48,9 @@ from minilm.grading.checker import (
 from minilm.grading.probe import probe_question
 from minilm.grading.questions import Lab, require_lab
 
-MAX_EVENT_BYTES = 80 * 2**20  # one line from the runner; beyond this the child is killed
+MAX_EVENT_BYTES = 48 * 2**20  # one line from the runner (a probe reply holds up to ~40 MB of numbers)
+MAX_TOTAL_BYTES = 256 * 2**20  # everything one runner may send
+KILL_SLACK = 5.0  # seconds past --timeout for a runner to report and for the sandbox to be killed
 # Read once, before any student code runs: the probe sent to kernels is this text, not the file as
 # it may be on disk later.
 PROBE_SOURCE = Path(probe_module.__file__).read_text(encoding="utf-8")
@@ -60,7 +64,10 @@ class Limits:
     ``probe_timeout``: seconds to probe one question; ``memory_mb``: address-space limit of the
     kernel (``None`` for none); ``file_mb``: largest file it may write; ``max_restarts``: kernel
     restarts after a crash or a cell that cannot be interrupted; ``user``: when the grader runs
-    as root (Gradescope), the unprivileged user that runs the student's code (e.g. ``"nobody"``).
+    as root (Gradescope), the unprivileged user that runs the student's code (e.g. ``"nobody"``);
+    ``sandbox``: ``"bwrap"`` (student code in a bubblewrap sandbox, refuse to grade without one),
+    ``"auto"`` (a sandbox when one can be made) or ``"none"``. ``timeout`` bounds the whole
+    submission: kernel start, every cell, replays and probes.
     """
 
     cell_timeout: float = 300.0
@@ -70,8 +77,11 @@ class Limits:
     file_mb: int | None = 1024
     max_restarts: int = 3
     user: str | None = None
+    sandbox: str = "bwrap"
 
     def __post_init__(self) -> None:
+        if self.sandbox not in ("bwrap", "auto", "none"):
+            raise ValueError(f"sandbox must be 'bwrap', 'auto' or 'none', got {self.sandbox!r}")
         for name in ("cell_timeout", "timeout", "probe_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
@@ -103,6 +113,7 @@ class GradeResult:
     answers: dict[str, str] = field(default_factory=dict)  # question -> normalized code (duplicates)
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    protections: list[str] = field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -215,30 +226,44 @@ class Runners:
 
 
 class _Child:
-    """One runner process and the JSON-lines channel to it."""
+    """One runner process (inside its sandbox when there is one) and the JSON-lines channel to it.
 
-    def __init__(self, argv: list[str], cwd: str, env: dict, log_path: str, user: dict | None = None,
-                 runners: Runners | None = None) -> None:
-        self.log = open(log_path, "wb")
+    Reads are bounded: one line at most ``MAX_EVENT_BYTES``, the whole conversation at most
+    ``MAX_TOTAL_BYTES``; past either the child is treated as crashed, whatever it sends.
+    """
+
+    def __init__(self, argv: list[str], cwd: str, env: dict, user: dict | None = None,
+                 runners: Runners | None = None, sandboxed: bool = False,
+                 info_fd: tuple[int, int] | None = None) -> None:
+        # The runner's stderr goes to an unnamed file that only this process holds: nothing in the
+        # job folder (which student code can write, symlinks included) is ever read back.
+        self.log = tempfile.TemporaryFile()
         self.runners = runners or Runners()
+        self.sandboxed = sandboxed
+        self.sandbox_pid: int | None = None
+        self._info_r = info_fd[0] if info_fd else None
         with self.runners.lock:
             self.proc = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                start_new_session=True, **(user or {}),
+                start_new_session=True, pass_fds=(info_fd[1],) if info_fd else (), **(user or {}),
             )
             self.runners.pids.add(self.proc.pid)
+        if info_fd:
+            os.close(info_fd[1])
         self.events: queue.Queue = queue.Queue()
         self.kernel_pids: set[int] = set()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         stream = self.proc.stdout
+        total = 0
         try:
             while True:
                 line = stream.readline(MAX_EVENT_BYTES)
+                total += len(line)
                 if not line:
                     break
-                if not line.endswith(b"\n"):
+                if not line.endswith(b"\n") or total > MAX_TOTAL_BYTES:
                     self.events.put({"event": "overflow"})
                     break
                 try:
@@ -249,7 +274,7 @@ class _Child:
                     if event.get("event") == "kernel" and type(event.get("pid")) is int:
                         self.kernel_pids.add(event["pid"])
                     self.events.put(event)
-        except (OSError, ValueError):
+        except (OSError, ValueError, MemoryError):
             pass
         self.events.put({"event": "eof"})
 
@@ -270,7 +295,49 @@ class _Child:
         except queue.Empty:
             return {"event": "deadline"}
 
+    def log_tail(self, n: int = 800) -> str:
+        """The end of what the runner wrote to stderr (read from our own file descriptor)."""
+        try:
+            size = self.log.seek(0, os.SEEK_END)
+            self.log.seek(max(0, size - n))
+            return self.log.read(n).decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+
+    def _sandbox_init(self) -> int | None:
+        """The host pid of the sandbox's first process (bwrap's ``--info-fd``), if it started."""
+        if self._info_r is None:
+            return self.sandbox_pid
+        try:
+            os.set_blocking(self._info_r, False)
+            data = os.read(self._info_r, 4096)
+            pid = json.loads(data.decode()).get("child-pid") if data else None
+            if type(pid) is int:
+                self.sandbox_pid = pid
+        except (OSError, ValueError, AttributeError):
+            pass
+        finally:
+            os.close(self._info_r)
+            self._info_r = None
+        return self.sandbox_pid
+
     def kill(self) -> None:
+        """End the submission: every process it started is gone when this returns (sandboxed)."""
+        init = self._sandbox_init() if self.sandboxed else None
+        if init is not None and self.proc.poll() is None:
+            # Killing the PID namespace's first process kills every process in it; bwrap (our
+            # child, outside the namespace) exits only once that first process has exited, which
+            # the kernel allows only after all the others have.
+            st = sandbox._proc_stat(init)
+            if st is not None and st[0] == self.proc.pid:  # still bwrap's child: not a reused pid
+                try:
+                    os.kill(init, signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if self.proc.poll() is not None:
                 break
@@ -284,21 +351,41 @@ class _Child:
                 continue
         with self.runners.lock:
             self.runners.pids.discard(self.proc.pid)
-        for pid in self.kernel_pids:  # a kernel that outlived its runner
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        if not self.sandboxed:
+            # Unsandboxed, the runner's pids are ours: kill a kernel that outlived its runner. (In a
+            # sandbox they are numbers of another PID namespace and mean nothing here.)
+            for pid in self.kernel_pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
             except OSError:
                 pass
+
+    def close(self) -> None:
         self.log.close()
 
 
+_SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+MAX_ID_CHARS = 64
+
+
+def _safe_id(text: str) -> str:
+    """A file-name-safe id for ``text``: ASCII letters, digits, ``-_.``; long ones cut and hashed."""
+    out = "".join(ch if ch in _SAFE_CHARS else "_" for ch in text).strip(".") or "submission"
+    if len(out) > MAX_ID_CHARS or out != text:
+        # Anything changed or cut gets a hash of the original ("~" is never kept from a name), so
+        # two different names never end up with the same id.
+        digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        out = f"{out[:MAX_ID_CHARS - 9]}~{digest}"
+    return out
+
+
 def _student_name(path: Path) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem) or "submission"
+    return _safe_id(path.stem)
 
 
 def grade_notebook(
@@ -312,6 +399,7 @@ def grade_notebook(
     references: ReferenceCache | None = None,
     on_event: Callable[[dict], None] | None = None,
     runners: Runners | None = None,
+    hide: Iterable[str] = (),
 ) -> GradeResult:
     """Grade one notebook file in a sandboxed child process.
 
@@ -319,11 +407,15 @@ def grade_notebook(
     reads the id a notebook names). ``seed``: the seed of the hidden inputs (default: drawn now,
     recorded in the result). ``public_only``: run the public checks only (what ``minilm check`` does).
     ``release``: the released student notebook, to report edited locked cells against it.
+    ``hide``: folders the student's sandbox must not see (the grader's output, the submissions).
+    A submission that is a symbolic link is not followed: it is reported as invalid. Without
+    ``limits``, the notebook runs in a sandbox when one can be made and without one otherwise
+    (``result.protections`` says which); ``grade_many`` refuses to grade without one.
     """
     t0 = time.monotonic()
     path = Path(path)
     lab = require_lab(lab)
-    limits = limits or Limits()
+    limits = limits or Limits(sandbox="auto")  # one notebook: a sandbox where one can be made
     student = student or _student_name(path)
     seed = secrets.randbits(63) if seed is None else int(seed)
     nb, error = nbtools.read_submission(path)
@@ -335,9 +427,12 @@ def grade_notebook(
         if importlib.util.find_spec(module) is None:
             raise ValueError(f"grading notebooks needs {module}: pip install 'minilm[lab]' (or {module})")
     result = _run_child(nb, path, lab, seed, limits, public_only, student, references or ReferenceCache(), on_event,
-                        runners)
-    result.tamper.extend(nbtools.tamper_findings(nb, lab, release))
-    result.answers = nbtools.answer_sources(nb, lab)
+                        runners, hide, t0)
+    try:  # static reading of hostile code: nesting deep enough to exhaust recursion is a finding, not a crash
+        result.tamper.extend(nbtools.tamper_findings(nb, lab, release))
+        result.answers = nbtools.answer_sources(nb, lab)
+    except (RecursionError, MemoryError, ValueError, SyntaxError) as err:
+        result.tamper.append(f"the notebook's code could not be read for review ({type(err).__name__})")
     missing = [q.name for q in result.questions if q.status == "missing"]
     if missing:
         result.tamper.append(f"questions not answered (target not defined): {', '.join(missing)}")
@@ -345,9 +440,87 @@ def grade_notebook(
     return result
 
 
+_JOB_BASE: list[str] = []
+_JOB_BASE_LOCK = threading.Lock()
+
+
+def _job_base() -> str:
+    """One private folder per grading process holding every submission's job folder (hidden in
+    sandboxes), removed at exit; those of grading processes that were killed are removed by the next."""
+    with _JOB_BASE_LOCK:
+        if not _JOB_BASE or not os.path.isdir(_JOB_BASE[0]):
+            remove_stale_job_folders()
+            _JOB_BASE[:] = [tempfile.mkdtemp(prefix=f"minilm-grading-{os.getpid()}-")]
+            os.chmod(_JOB_BASE[0], 0o711)  # a --run-as user reaches its own job folder, lists nothing
+            atexit.register(shutil.rmtree, _JOB_BASE[0], True)
+        return _JOB_BASE[0]
+
+
+def remove_job_folders() -> None:
+    """Remove this process's job folders (copies of submissions) now: for a grader being stopped."""
+    with _JOB_BASE_LOCK:
+        if _JOB_BASE:
+            shutil.rmtree(_JOB_BASE[0], ignore_errors=True)
+
+
+def remove_stale_job_folders() -> int:
+    """Remove job folders left by grading processes of this user that no longer run (killed)."""
+    removed = 0
+    base = tempfile.gettempdir()
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return 0
+    for name in entries:
+        parts = name.split("-")
+        if not name.startswith("minilm-grading-") or len(parts) < 4 or not parts[2].isdigit():
+            continue
+        path = os.path.join(base, name)
+        try:
+            if os.lstat(path).st_uid != os.geteuid() or int(parts[2]) == os.getpid():
+                continue
+            os.kill(int(parts[2]), 0)
+            continue  # its grader still runs
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def sandbox_plan(limits: Limits) -> tuple[str | None, list[str]]:
+    """(bwrap to use or None, the protections in force) for ``limits``; ``ValueError`` if refused.
+
+    ``limits.sandbox``: ``"bwrap"`` requires a working bubblewrap sandbox (class grading),
+    ``"auto"`` uses one when it works (a student's own ``minilm check``), ``"none"`` never does.
+    """
+    user = _user_popen_args(limits.user)
+    bwrap, why = sandbox.find_bwrap(user) if limits.sandbox != "none" else (None, "disabled")
+    if bwrap is None and limits.sandbox == "bwrap":
+        raise ValueError(f"no sandbox for student code: {why}. Fix that, or pass --allow-unsandboxed to grade "
+                         "with student code running as the grader's user (only for a class you trust)")
+    who = limits.user or "the grader's user"
+    held = [sandbox.BWRAP_PROTECTIONS] if bwrap else [
+        f"NO SANDBOX ({why}): student code ran as {who}, could read the files that user can read, use the "
+        "network and signal that user's processes"]
+    held.append(f"student code ran as user {limits.user}" if limits.user else
+                "student code ran as the grader's user" + (" (separated by the sandbox)" if bwrap else ""))
+    held.append(f"per submission: {limits.timeout:g} s in all (kernel start and probes included), "
+                f"{limits.cell_timeout:g} s per cell, {limits.probe_timeout:g} s per question, memory "
+                + (f"{limits.memory_mb} MB" if limits.memory_mb else "unlimited"))
+    return bwrap, held
+
+
 def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only: bool, student: str,
-               references: ReferenceCache, on_event, runners: Runners | None) -> GradeResult:
-    job = tempfile.mkdtemp(prefix="minilm-grade-")
+               references: ReferenceCache, on_event, runners: Runners | None, hide: Iterable[str] = (),
+               t0: float | None = None) -> GradeResult:
+    t0 = time.monotonic() if t0 is None else t0
+    # The whole submission, kernel start and probes included, ends by this time; a little slack
+    # lets a runner that keeps to its own (slightly earlier) deadline report what it has.
+    hard_end = t0 + limits.timeout + KILL_SLACK
+    bwrap, protections = sandbox_plan(limits)
+    job = tempfile.mkdtemp(prefix="job-", dir=_job_base())
     token = secrets.token_hex(16)
     child = None
     questions: dict[str, QuestionResult] = {}
@@ -359,24 +532,32 @@ def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only:
         work, home = os.path.join(job, "work"), os.path.join(job, "home")
         os.makedirs(work)
         os.makedirs(home)
-        copy = os.path.join(work, _student_name(path) + ".ipynb")
+        copy = os.path.join(work, student + ".ipynb")
         nbtools.write_for_execution(nb, copy)
         sandbox.write_kernelspec(home, sys.executable)
         env = sandbox.child_env(home, [_package_root()], token)
+        n_q = len(lab.questions)
         config = {
-            "notebook": copy, "workdir": work, "cell_timeout": limits.cell_timeout, "timeout": limits.timeout,
+            "notebook": copy, "workdir": work, "cell_timeout": limits.cell_timeout,
+            "timeout": max(1.0, limits.timeout - (time.monotonic() - t0) - 1.0),
             "probe_timeout": limits.probe_timeout, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
-            "max_restarts": limits.max_restarts, "n_questions": len(lab.questions),
+            "max_restarts": limits.max_restarts, "n_questions": n_q,
             "processes": 256 if limits.user else None,
         }
-        hard_exec = time.monotonic() + limits.timeout + 120  # kernel start and replay slack
         user = _switch_user(limits.user, job)
         runner = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
-        child = _Child([sys.executable, runner], work, env, os.path.join(job, "runner.log"), user, runners)
+        argv = [sys.executable, runner]
+        info = None
+        if bwrap:
+            info = os.pipe()
+            hidden = [_job_base(), tempfile.gettempdir(), os.path.expanduser("~"), *hide]
+            argv = sandbox.bwrap_argv(bwrap, [work, home], hidden, [*sandbox.python_paths(), _package_root()],
+                                      work, info_fd=info[1]) + ["--", *argv]
+        child = _Child(argv, work, env, user, runners, sandboxed=bool(bwrap), info_fd=info)
         child.send(config)
         executed = None
         while executed is None:
-            event = child.next_event(hard_exec)
+            event = child.next_event(hard_end)
             if on_event:
                 on_event(event)
             kind = event.get("event")
@@ -386,7 +567,7 @@ def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only:
                 executed = event
             elif kind in ("eof", "fatal", "deadline", "overflow"):
                 status = "timeout" if kind == "deadline" else "crashed"
-                message = _child_failure(kind, event, job)
+                message = _child_failure(kind, event, child)
                 break
         if executed is not None:
             cells = _cell_events(executed.get("cells"), nb)
@@ -397,9 +578,8 @@ def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only:
                        "questions": [{"name": q.name, "request": probe_request(q, plans[q.name])}
                                      for q in lab.questions]}
             child.send(request)
-            hard_probe = time.monotonic() + limits.timeout + len(lab.questions) * limits.probe_timeout + 120
             while True:
-                event = child.next_event(hard_probe)
+                event = child.next_event(hard_end)
                 if on_event:
                     on_event(event)
                 kind = event.get("event")
@@ -416,12 +596,14 @@ def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only:
                         status = "timeout"
                     elif len(questions) < len(lab.questions):
                         status = "crashed"
-                    message = _child_failure(kind, event, job)
+                    message = _child_failure(kind, event, child)
                     break
     finally:
         if child is not None:
             child.kill()
-        sandbox.kill_job_processes(token)
+            child.close()
+        if not bwrap:
+            sandbox.kill_job_processes(token)
         shutil.rmtree(job, ignore_errors=True)
     final = []
     for q in lab.questions:
@@ -431,7 +613,8 @@ def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only:
             why = "not-graded" if status == "ok" else status
             final.append(zero_result(q, why, message or "the grader did not get this question's result",
                                      plans.get(q.name) or plan_checks(q, seed, True)))
-    return GradeResult(student, str(path), lab.id, status, final, message=message, seed=seed, cells=cells, notes=notes)
+    return GradeResult(student, str(path), lab.id, status, final, message=message, seed=seed, cells=cells, notes=notes,
+                       protections=protections)
 
 
 _CELL_STATUSES = ("error", "timeout", "crashed", "not-run")
@@ -455,8 +638,8 @@ def _cell_events(raw: Any, nb: Any) -> list[dict]:
     return out[:200]
 
 
-def _switch_user(name: str | None, job: str) -> dict | None:
-    """Popen arguments that run the child as user ``name``, who is given the job directory."""
+def _user_popen_args(name: str | None) -> dict | None:
+    """Popen arguments that run a process as user ``name`` (``None``: as this process's user)."""
     if name is None:
         return None
     import pwd
@@ -467,10 +650,18 @@ def _switch_user(name: str | None, job: str) -> dict | None:
         raise ValueError(f"there is no user {name!r} to run student code as") from None
     if os.geteuid() != 0:
         raise ValueError("running student code as another user needs the grader to run as root")
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def _switch_user(name: str | None, job: str) -> dict | None:
+    """Popen arguments that run the child as user ``name``, who is given the job directory."""
+    user = _user_popen_args(name)
+    if user is None:
+        return None
     for root, dirs, files in os.walk(job):
         for entry in [root] + [os.path.join(root, x) for x in dirs + files]:
-            os.chown(entry, pw.pw_uid, pw.pw_gid)
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+            os.chown(entry, user["user"], user["group"], follow_symlinks=False)
+    return user
 
 
 def check_user_can_run(name: str) -> None:
@@ -492,18 +683,14 @@ def check_user_can_run(name: str) -> None:
         shutil.rmtree(job, ignore_errors=True)
 
 
-def _child_failure(kind: str, event: dict, job: str) -> str:
+def _child_failure(kind: str, event: dict, child: _Child) -> str:
     if kind == "deadline":
         return "the submission ran past the grading time limit"
     if kind == "overflow":
         return "the submission produced an oversized reply"
     if kind == "fatal":
         return "the grader's runner failed: " + str(event.get("error", ""))[-500:]
-    try:
-        with open(os.path.join(job, "runner.log"), "rb") as f:
-            tail = f.read()[-800:].decode("utf-8", "replace")
-    except OSError:
-        tail = ""
+    tail = child.log_tail()
     return "the grading process ended early" + (f": {tail.strip()}" if tail.strip() else "")
 
 
@@ -538,33 +725,37 @@ def grade_many(
     release: str | os.PathLike | None = None,
     progress: bool = True,
     sweep_orphans: bool = False,
+    hide: Iterable[str] = (),
 ) -> tuple[list[GradeResult], int]:
     """Grade many notebooks, ``jobs`` at a time. Returns (results in input order, master seed).
 
     Each student's hidden inputs come from ``derive_seed(master_seed, student)``: reproducible
     with the same master seed, different from one student to the next. ``sweep_orphans``: after
     each submission, kill the processes it left behind (for a subreaper process: ``minilm grade``).
+    ``hide``: folders no student process may see (the report folder, the submissions). Raises
+    ``ValueError`` before grading anything when ``limits`` asks for a sandbox that cannot be made.
     """
     paths = [Path(p) for p in paths]
+    hide = [str(h) for h in hide] + sorted({str(p.absolute().parent) for p in paths})
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     master = secrets.randbits(63) if seed is None else int(seed)
     names = _unique_names(paths)
     references = ReferenceCache()
     lab = require_lab(lab)
-    plan_checks(lab.questions[0], 0, True)  # import all the parent needs before any student code runs
+    sandbox_plan(limits or Limits())  # refuse now, not once per student
+    preload(lab, references)
 
     runners = Runners()
 
     def one(i: int) -> GradeResult:
         try:
             return grade_notebook(paths[i], lab, derive_seed(master, names[i]), limits, release=release,
-                                  student=names[i], references=references, runners=runners)
+                                  student=names[i], references=references, runners=runners, hide=hide)
         except ValueError as err:  # a per-submission failure
-            return GradeResult(names[i], str(paths[i]), lab.id, "invalid-notebook", [], message=str(err))
+            return _failed(names[i], paths[i], lab, "invalid-notebook", str(err))
         except Exception as err:  # noqa: BLE001 - a grader bug must not stop the class
-            return GradeResult(names[i], str(paths[i]), lab.id, "crashed", [],
-                               message=f"internal grader error: {type(err).__name__}: {err}")
+            return _failed(names[i], paths[i], lab, "crashed", f"internal grader error: {type(err).__name__}: {err}")
         finally:
             if sweep_orphans:
                 runners.sweep()
@@ -579,14 +770,48 @@ def grade_many(
     return results, master
 
 
+def _failed(student: str, path: Path, lab: Lab, status: str, message: str) -> GradeResult:
+    questions = [zero_result(q, "not-graded", message, []) for q in lab.questions]
+    return GradeResult(student, str(path), lab.id, status, questions, message=message)
+
+
+def preload(lab: Lab, references: ReferenceCache | None = None) -> None:
+    """Import, before any student process starts, everything the grader will need later.
+
+    Plans every question's checks (the references run, importing what they use) and computes
+    each measured value's reference with its declared parameters. With the report writers
+    (``minilm.grading.report``, which imports this module) imported by the caller first, as
+    ``minilm grade`` does, this process imports nothing new once the first student process starts
+    (``tests/test_grading_sandbox.py`` lists what it imports and finds nothing).
+    """
+    import csv  # noqa: F401 - the reports
+    import pwd  # noqa: F401 - --run-as
+
+    import tqdm.auto  # noqa: F401 - the progress bar
+
+    references = references or ReferenceCache()
+    for q in lab.questions:
+        plan_checks(q, 0, False)
+        if q.kind == "value" and q.reference is not None:
+            references.expected(q, dict(q.params))
+    sandbox.find_bwrap()
+
+
 def _unique_names(paths: list[Path]) -> list[str]:
-    names = [_student_name(p) for p in paths]
-    seen: dict[str, int] = {}
+    """A unique, stable id per submission, from its path alone (not from its place in the list).
+
+    The file name's stem; when several submissions share it (``alice/lab.ipynb``,
+    ``bob/lab.ipynb``), the folder's name; when ids still collide (compared ignoring case, as some
+    file systems do), a hash of the whole path is added.
+    """
+    stems = [_student_name(p) for p in paths]
+    count = Counter(s.lower() for s in stems)
+    ids = [_safe_id(p.parent.name) if count[s.lower()] > 1 and p.parent.name else s for p, s in zip(paths, stems)]
+    count = Counter(i.lower() for i in ids)
     out = []
-    for n in names:
-        if names.count(n) > 1:
-            seen[n] = seen.get(n, 0) + 1
-            out.append(f"{n}-{seen[n]}")
-        else:
-            out.append(n)
+    for p, i in zip(paths, ids):
+        if count[i.lower()] > 1:
+            digest = hashlib.sha256(str(p.absolute()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+            i = f"{i[:MAX_ID_CHARS - 9]}~{digest}"
+        out.append(i)
     return out

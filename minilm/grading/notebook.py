@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,15 @@ END = "### END SOLUTION"
 STUB = "raise NotImplementedError()"
 MARKDOWN_STUB = "YOUR ANSWER HERE"
 LOCKED_TAG = "locked"
-MAX_NOTEBOOK_BYTES = 20 * 2**20
+MAX_NOTEBOOK_BYTES = 128 * 2**20  # outputs included (they are dropped): a bound on the grader's memory
 MAX_CODE_CHARS = 5 * 2**20
 
-_ONE_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<target>[^=#\n]+?)\s*=(?!=)\s*(?P<expr>\S.*?)\s*#{1,3}\s*SOLUTION\s*$")
-_MARKER_LIKE = re.compile(r"#\s*(BEGIN|END)\s+SOLUTION|#\s*SOLUTION\s*$")
+_ONE_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<target>[^=#\n]+?)\s*=(?!=)\s*(?P<expr>\S.*?)\s*#{1,3}\s*SOLUTION\s*$",
+                       re.IGNORECASE)
+_MARKER_LIKE = re.compile(r"#\s*SOLUTION\s*$", re.IGNORECASE)
+# Anything that looks like a region marker without being exactly one (case, spacing, number of
+# '#', bold, HTML comments): an error, never silently kept.
+_REGION_LIKE = re.compile(r"(BEGIN|END)[\s_*-]*SOLUTION", re.IGNORECASE)
 _CHECK_CALL = re.compile(r"\bcheck(_all)?\s*\(")
 _LAB_LINE = re.compile(r"""^\s*LAB\s*=\s*["'](\d\d)["']""", re.MULTILINE)
 
@@ -76,11 +81,17 @@ def strip_solutions(source: str, cell_type: str = "code", where: str = "cell") -
             if not inside:
                 raise SolutionMarkerError(f"{where}, line {n}: {END} without a {BEGIN} before it")
             inside = False
+        elif _REGION_LIKE.search(line):
+            # "# BEGIN SOLUTION", "### begin solution", "**BEGIN SOLUTION**", "<!-- END SOLUTION -->"...:
+            # a marker that is almost right would leave its solution in the student notebook.
+            raise SolutionMarkerError(
+                f"{where}, line {n}: malformed solution marker {stripped[:60]!r}; use '{BEGIN}' / "
+                f"'{END}' exactly, on their own lines")
         elif inside:
             continue
         elif cell_type == "code" and _MARKER_LIKE.search(line):
             m = _ONE_LINE.match(line)
-            if m is None or "BEGIN" in line or "END" in line:
+            if m is None:
                 raise SolutionMarkerError(
                     f"{where}, line {n}: malformed solution marker {stripped[:60]!r}; use '{BEGIN}' / "
                     f"'{END}' on their own lines, or 'name = value  # SOLUTION'"
@@ -99,6 +110,63 @@ def strip_solutions(source: str, cell_type: str = "code", where: str = "cell") -
     if inside:
         raise SolutionMarkerError(f"{where}: {BEGIN} is never closed by {END}")
     return "\n".join(out), changed
+
+
+def _strings(node: Any) -> list[str]:
+    """Every string in a notebook node (keys included); base64 attachments decoded as well."""
+    import base64
+    import binascii
+
+    found: list[str] = []
+    stack = [node]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            found.append(x)
+            if len(x) >= 8 and re.fullmatch(r"[A-Za-z0-9+/=\s]+", x):
+                try:
+                    found.append(base64.b64decode(x, validate=False).decode("utf-8", "ignore"))
+                except (binascii.Error, ValueError):
+                    pass
+        elif isinstance(x, dict):
+            stack += list(x.keys()) + list(x.values())
+        elif isinstance(x, list):
+            stack += x
+    return found
+
+
+def _solution_lines(solution: Any) -> tuple[list[str], str]:
+    """(solution lines, the rest of the text) of an instructor notebook, read leniently.
+
+    Independent of ``strip_solutions``: any line that looks like a region marker (any case, any
+    number of ``#``, bold, HTML comments) opens or closes a region, in every kind of cell, and a
+    one-line answer's ``name = value`` is a solution line.
+    """
+    secret: list[str] = []
+    shown: list[str] = []
+    for cell in solution.get("cells", []):
+        inside = False
+        for line in str(cell.get("source", "")).split("\n"):
+            m = _REGION_LIKE.search(line)
+            if m:
+                inside = m.group(1).upper() == "BEGIN"
+                continue
+            one = _ONE_LINE.match(line) if _MARKER_LIKE.search(line) else None
+            if inside:
+                secret.append(line.strip())
+            elif one is not None:
+                secret.append(f"{one['target'].strip()} = {one['expr']}")
+            else:
+                shown.append(line)
+    return [s for s in secret if len(s) >= 6 and re.search(r"\w", s)], "\n".join(shown)
+
+
+def solution_leaks(solution: Any, student: Any) -> list[str]:
+    """Solution lines of ``solution`` found in ``student`` (sources, raw cells, attachments,
+    metadata, anywhere) more often than the instructor shows them outside solution regions."""
+    secret, shown = _solution_lines(solution)
+    text = "\n".join(_strings(student))
+    return sorted({line for line in secret if text.count(line) > shown.count(line)})
 
 
 def cell_hash(source: str) -> str:
@@ -132,8 +200,11 @@ def make_release(solution: Any, lab_id: str | None = None) -> Any:
         used_ids.add(cid)
         cell["id"] = cid
         had_solution = False
-        if cell.cell_type in ("code", "markdown"):
-            cell.source, had_solution = strip_solutions(cell.source, cell.cell_type, where)
+        if cell.cell_type in ("code", "markdown", "raw"):
+            kind = "code" if cell.cell_type == "code" else "markdown"
+            cell.source, had_solution = strip_solutions(cell.source, kind, where)
+        if had_solution or cell.cell_type == "code":
+            cell.pop("attachments", None)  # an image or file of the answer goes with it
         meta = {}
         tags = _tags(cell)
         if tags:
@@ -148,14 +219,22 @@ def make_release(solution: Any, lab_id: str | None = None) -> Any:
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-    kernelspec = nb.metadata.get("kernelspec") or {"name": "python3", "display_name": "Python 3", "language": "python"}
+    spec = nb.metadata.get("kernelspec") if isinstance(nb.metadata.get("kernelspec"), dict) else {}
+    kernelspec = {k: str(spec.get(k, v)) for k, v in  # only these keys: metadata can hold anything
+                  (("name", "python3"), ("display_name", "Python 3"), ("language", "python"))}
     meta = {"kernelspec": kernelspec, "language_info": {"name": "python"}}
     info: dict[str, Any] = {"locked": locked}
     if lab_id is not None:
         info["lab"] = lab_id
     meta["minilm"] = info
     nb.metadata = _nbformat().NotebookNode(meta)
-    return _nbformat().from_dict(nb)
+    student = _nbformat().from_dict(nb)
+    leaks = solution_leaks(solution, student)
+    if leaks:
+        raise SolutionMarkerError(f"solution text is still in the student notebook (outside the markers, in a "
+                                  f"raw cell, an attachment or metadata): {leaks[0][:80]!r}"
+                                  + (f" and {len(leaks) - 1} more line(s)" if len(leaks) > 1 else ""))
+    return student
 
 
 def release_text(solution_path: str | os.PathLike, lab_id: str | None = None) -> str:
@@ -205,10 +284,21 @@ def read_submission(path: str | os.PathLike) -> tuple[Any, str]:
     """Read an untrusted notebook: (node, "") or (None, why it cannot be graded)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_NOTEBOOK_BYTES:
-            return None, f"the notebook is {size / 2**20:.0f} MB, over the {MAX_NOTEBOOK_BYTES // 2**20} MB limit"
-        text = path.read_bytes().decode("utf-8")
+        # A symbolic link is never followed: it could point at any file the grader can read.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        if path.is_symlink():
+            return None, "the submission is a symbolic link, not a notebook file: hand in the file itself"
+        return None, f"the notebook cannot be read: {err.strerror}"
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None, "the submission is not a regular file"
+            data = f.read(MAX_NOTEBOOK_BYTES + 1)
+        if len(data) > MAX_NOTEBOOK_BYTES:
+            return None, f"the notebook is over {MAX_NOTEBOOK_BYTES // 2**20} MB even with its outputs: clear them"
+        text = data.decode("utf-8")
+        del data
     except UnicodeDecodeError:
         return None, "the notebook is not UTF-8 text"
     except OSError as err:
@@ -216,7 +306,14 @@ def read_submission(path: str | os.PathLike) -> tuple[Any, str]:
     try:
         with warnings.catch_warnings():  # nbformat warns about old or odd notebooks: we check below
             warnings.simplefilter("ignore")
-            nb = _nbformat().reads(text, as_version=4)
+            raw = json.loads(text)
+            del text
+            for cell in raw.get("cells", []) if isinstance(raw, dict) and isinstance(raw.get("cells"), list) else []:
+                if isinstance(cell, dict):  # outputs never count: drop them before nbformat reads the rest
+                    cell.pop("attachments", None)
+                    if "outputs" in cell:
+                        cell["outputs"] = []
+            nb = _nbformat().reads(json.dumps(raw), as_version=4)
     except Exception as err:  # noqa: BLE001 - nbformat raises many kinds on malformed input
         return None, f"not a valid .ipynb notebook ({type(err).__name__}: {str(err)[:200]})"
     cells = nb.get("cells") if isinstance(nb, dict) else None
@@ -230,6 +327,10 @@ def read_submission(path: str | os.PathLike) -> tuple[Any, str]:
             return None, f"not a valid .ipynb notebook (cell {i} has no text source)"
         cell.setdefault("source", "")
         cell.setdefault("metadata", _nbformat().NotebookNode())
+        # Outputs and attachments are never graded: dropped here, however large they were.
+        cell.pop("attachments", None)
+        if cell["cell_type"] == "code":
+            cell["outputs"] = []
         total += len(cell["source"])
     if total > MAX_CODE_CHARS:
         return None, "the notebook's cells hold more than 5 MB of text"
@@ -381,8 +482,38 @@ def _is_stub(fn: ast.FunctionDef) -> bool:
     return len(body) == 1 and isinstance(body[0], ast.Raise) and "NotImplementedError" in ast.unparse(body[0])
 
 
+class _Renamer(ast.NodeTransformer):
+    """Rename a function's parameters and local variables ``_v0``, ``_v1``... in order of appearance."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.map = {n: f"_v{i}" for i, n in enumerate(dict.fromkeys(names))}
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        node.id = self.map.get(node.id, node.id)
+        return node
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.arg = self.map.get(node.arg, node.arg)
+        node.annotation = None
+        return node
+
+
+def normalized_source(fn: ast.FunctionDef) -> str:
+    """A function's code with formatting, comments, docstring, annotations and local names
+    normalized, so that reformatted or renamed copies of the same code compare equal."""
+    fn = _without_docstring(fn)
+    fn.returns = None
+    local = [a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)]
+    local += [n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+    body = ast.Module(body=fn.body, type_ignores=[])
+    renamer = _Renamer(local)
+    fn.args = renamer.visit(fn.args)
+    fn.body = renamer.visit(body).body
+    return ast.unparse(fn)
+
+
 def answer_sources(nb: Any, lab: Any) -> dict[str, str]:
-    """For each function question answered in the notebook: its code, comments and docstring removed.
+    """For each function question answered in the notebook: its normalized code (``normalized_source``).
 
     Identical code across students is reported for review (the tamper report); stubs are skipped.
     """
@@ -395,7 +526,7 @@ def answer_sources(nb: Any, lab: Any) -> dict[str, str]:
         fn = last.get(q.target) if q.kind == "function" else None
         if fn is not None and not _is_stub(fn):
             try:
-                out[q.name] = ast.unparse(_without_docstring(fn))
+                out[q.name] = normalized_source(fn)
             except (RecursionError, ValueError):
                 continue
     return out

@@ -28,6 +28,7 @@ import numpy as np
 from minilm.grading import notebook as nbtools
 from minilm.grading.grader import grade_objects, reference_namespace
 from minilm.grading.questions import Lab, require_lab
+from minilm.grading.selfcheck import mark_class_mode
 
 GATE_SEEDS = (0, 1, 2, 3, 4)
 
@@ -138,12 +139,15 @@ def release_lab(
     lab: Lab,
     check: bool = True,
     seeds: tuple[int, ...] = GATE_SEEDS,
+    class_mode: bool = False,
 ) -> GateReport:
     """Build the student notebook from ``solution_path`` and write it, if the gates pass.
 
     ``lab`` is the lab's declared questions (``minilm.labs.get_lab(id)``). ``out_path`` defaults
     to the solution's grandparent folder (``labs/solutions/X.ipynb`` -> ``labs/X.ipynb``). Raises
-    ``ReleaseError`` (nothing written) when a gate fails.
+    ``ReleaseError`` (nothing written) when a gate fails. ``class_mode``: the notebook's checks run
+    the public checks only (``minilm.grading.selfcheck.mark_class_mode``); by default they give
+    the self-study verdict.
     """
     lab_obj = require_lab(lab)
     solution_path = Path(solution_path)
@@ -154,6 +158,10 @@ def release_lab(
     if named is not None and named != lab_obj.id:
         raise ValueError(f"{solution_path.name} is lab {named}, not lab {lab_obj.id}: pass that lab's questions")
     text = nbtools.release_text(solution_path, lab_obj.id)
+    if class_mode:
+        import nbformat
+
+        text = nbformat.writes(mark_class_mode(nbformat.reads(text, as_version=4))) + "\n"
     out_path = Path(out_path) if out_path is not None else solution_path.parent.parent / solution_path.name
     report = GateReport(lab_obj.id)
     if check:

@@ -102,18 +102,31 @@ class Runner:
         self.kernel_scope = contextlib.ExitStack()  # holds nbclient's setup_kernel() while a kernel runs
         self.start = time.monotonic()
         n_q = int(config.get("n_questions", 10))
-        self.exec_deadline = self.start + config["timeout"]
-        # Probing may need one full replay after a probe kills the kernel, plus each probe's own time.
-        self.final_deadline = self.exec_deadline + config["timeout"] + n_q * config["probe_timeout"]
+        # ``timeout`` bounds everything this runner does (the parent kills it just after). The
+        # notebook's cells may use it all but a reserve for probing: each question's time limit,
+        # at most a quarter of the whole.
+        self.final_deadline = self.start + config["timeout"]
+        reserve = min(n_q * config["probe_timeout"], config["timeout"] / 4)
+        self.exec_deadline = self.final_deadline - reserve
 
     # -- kernel lifecycle ------------------------------------------------------------------------
 
     def _start_kernel(self) -> None:
+        """Start a kernel; one that fails to start (a busy machine, a slow disk) is tried once more."""
+        try:
+            self._start_kernel_once()
+        except Exception:  # noqa: BLE001 - nbclient raises RuntimeError, TimeoutError, zmq errors...
+            self._stop_kernel()
+            self.emit({"event": "kernel-retry", "error": traceback.format_exc()[-300:]})
+            self._start_kernel_once()
+
+    def _start_kernel_once(self) -> None:
         cells = [nbformat.v4.new_code_cell(src) for _, src in self.code] + [nbformat.v4.new_code_cell("")]
         nb = nbformat.v4.new_notebook(cells=cells)
         client = _QuietClient(
             nb, kernel_name="python3", resources={"metadata": {"path": self.cfg["workdir"]}},
-            allow_errors=True, shutdown_kernel="immediate", startup_timeout=120,
+            allow_errors=True, shutdown_kernel="immediate",
+            startup_timeout=int(max(5, min(120, self.final_deadline - time.monotonic()))),
             iopub_timeout=10, timeout=None,  # time limits: the watchdog in _run
         )
         # nbclient's public context manager starts the kernel and its client; closing the scope shuts

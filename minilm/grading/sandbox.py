@@ -1,6 +1,9 @@
-"""Keeping student code in its box: environment, resource limits, and no process left behind.
+"""Keeping student code in its box: a bubblewrap sandbox, environment, resource limits, no process left behind.
 
-Used by the grading parent and by the runner child. Linux gets every defence; other systems get
+Used by the grading parent and by the runner child. The main defence is a bubblewrap (``bwrap``)
+sandbox around each submission's runner and kernel (``find_bwrap``, ``bwrap_argv``): its own PID
+namespace, no network, a read-only filesystem except the job folder, a private /tmp, the grader's
+output and the other submissions hidden. Linux gets every defence below too; other systems get
 what they offer (documented in docs/grading.md):
 
 - the child environment is an allow-list (no tokens or secrets of the grader's environment leak),
@@ -216,3 +219,96 @@ def kill_job_processes(job_token: str, exclude: set[int] | None = None) -> int:
             except OSError:
                 pass
     return killed
+
+
+# ---------------------------------------------------------------------------------------------
+# bubblewrap: the sandbox every student process runs in
+# ---------------------------------------------------------------------------------------------
+
+BWRAP_INSTALL = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap); "
+                 "it needs Linux with user namespaces")
+# Namespaces: PID (the first process's death ends every descendant), network (none but loopback),
+# IPC, UTS, cgroup, user where available. The filesystem is read-only; /tmp, /dev/shm and /run are
+# private and empty; --new-session stops a student from pushing keystrokes into the grader's terminal.
+_BWRAP_BASE = ("--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--proc", "/proc",
+               "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--tmpfs", "/run")
+_BWRAP_WORKS: dict[tuple, tuple[str | None, str]] = {}
+BWRAP_PROTECTIONS = ("bubblewrap sandbox: own PID namespace (no student process outlives its submission), "
+                     "no network, read-only filesystem except the job folder, private /tmp, the grader's output "
+                     "and other submissions hidden")
+
+
+def find_bwrap(user: dict | None = None) -> tuple[str | None, str]:
+    """(path of a working ``bwrap``, "") or (None, why no sandbox can be made here).
+
+    "Working" is tested by starting a sandbox as the user that will run student code
+    (``user``: ``subprocess.Popen`` arguments, e.g. from ``--run-as``); the answer is cached.
+    """
+    key = tuple(sorted((k, repr(v)) for k, v in (user or {}).items()))
+    if key in _BWRAP_WORKS:
+        return _BWRAP_WORKS[key]
+    import shutil
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        found: tuple[str | None, str] = (None, f"bubblewrap needs Linux (this is {sys.platform})")
+    elif (path := shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap", "/bin/bwrap")
+                                                  if os.access(p, os.X_OK)), None)) is None:
+        found = (None, f"bwrap is not installed: {BWRAP_INSTALL}")
+    else:
+        try:
+            proc = subprocess.run([path, *_BWRAP_BASE, "--", "/bin/sh", "-c", "exit 0"], capture_output=True,
+                                  timeout=30, cwd="/", **(user or {}))
+            found = (path, "") if proc.returncode == 0 else (
+                None, f"bwrap cannot make a sandbox here: {proc.stderr.decode('utf-8', 'replace').strip()[:300]} "
+                      "(user namespaces disabled? e.g. sysctl kernel.unprivileged_userns_clone=1, or "
+                      "kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu 24.04)")
+        except (OSError, subprocess.SubprocessError) as err:
+            found = (None, f"bwrap cannot be run: {err}")
+    _BWRAP_WORKS[key] = found
+    return found
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def bwrap_argv(bwrap: str, writable: list[str], hidden: list[str], needed: list[str], chdir: str,
+               info_fd: int | None = None) -> list[str]:
+    """The ``bwrap`` command line (before ``--`` and the command) for one submission.
+
+    ``writable``: folders the student may write (its job folder). ``hidden``: folders replaced by
+    an empty tmpfs (the grader's output, the submissions, the grader's home and temporary files).
+    ``needed``: paths that must stay visible, read-only, even under a hidden folder (the
+    interpreter, site-packages, minilm). Later mounts win, so: hide, re-expose what is needed,
+    hide again what lies inside it, then the writable job folder.
+    """
+    real = lambda p: os.path.realpath(p)  # noqa: E731 - bwrap resolves symlinks of destinations itself
+    hide = sorted({real(h) for h in hidden if h and os.path.isdir(h) and real(h) != "/"})
+    keep = sorted({real(n) for n in needed if n and os.path.exists(n)})
+    keep = [k for k in keep if any(_under(k, h) for h in hide)]
+    argv = [bwrap, *_BWRAP_BASE]
+    for h in hide:
+        argv += ["--tmpfs", h]
+    for k in keep:
+        argv += ["--ro-bind", k, k]
+    for h in hide:
+        if any(_under(h, k) and h != k for k in keep):
+            argv += ["--tmpfs", h]
+    for w in writable:
+        argv += ["--bind", real(w), real(w)]
+    argv += ["--chdir", real(chdir)]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
+    return argv
+
+
+def python_paths() -> list[str]:
+    """Every folder this interpreter reads code from: what a sandbox must keep visible."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    # Not the folder the grader was started from (``python -m`` puts it first on sys.path): that is
+    # the instructor's, and the child does not import from it.
+    here = os.path.realpath(os.getcwd())
+    paths.update(p for p in sys.path if p and os.path.isabs(p) and os.path.realpath(p) != here)
+    return sorted(paths)
+

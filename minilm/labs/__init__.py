@@ -11,8 +11,8 @@ In a notebook::
     from minilm.labs import check, check_all, setup
 
     device = setup(SEED, DEVICE)  # seeds, device and CPU threads, printed on one line
-    check("q1")                   # the public checks of q1 on this notebook's objects
-    check_all()                   # every question, and what the public checks can tell
+    check("q1")                   # q1's verdict on this notebook's objects (self-study mode)
+    check_all()                   # every question, and the score out of the lab's total
 
 ``check`` and ``check_all`` find the lab from the notebook's ``LAB = "NN"`` line.
 """
@@ -34,6 +34,9 @@ LAB_MODULES = {
     "02": "minilm.labs.lab02",
     "03": "minilm.labs.lab03",
     "04": "minilm.labs.lab04",
+    "05": "minilm.labs.lab05",
+    "06": "minilm.labs.lab06",
+    "07": "minilm.labs.lab07",
 }
 # Lab 99, the small demo lab the grader's own tests use: found by id, but not part of the course
 # (its notebooks are test fixtures, so `minilm lab list` does not show it).
@@ -103,13 +106,18 @@ def _notebook_globals() -> dict[str, Any]:
         del frame  # a frame kept alive holds every local of the notebook cell (inspect's advice)
 
 
-def check(question: str, lab: str | None = None) -> None:
-    """Run the public checks of ``question`` on this notebook's objects and print what happened."""
+def check(question: str, lab: str | None = None, mode: str | None = None) -> None:
+    """Check ``question`` on this notebook's objects and print the verdict.
+
+    Self-study mode (the default) runs every check, hidden inputs and measured values included, and
+    prints the points earned; class mode (``minilm release --class-mode``, or ``MINILM_MODE=class``)
+    runs the public checks only. ``mode="self"``/``"class"`` overrides (see ``minilm.grading.selfcheck``).
+    """
     namespace = _notebook_globals()
-    print(self_check(_lab_for(lab, namespace), question, namespace).text)
+    print(self_check(_lab_for(lab, namespace), question, namespace, mode=mode).text)
 
 
-def check_all(lab: str | None = None) -> None:
-    """Self-check every question and print a total of what the public checks can tell."""
+def check_all(lab: str | None = None, mode: str | None = None) -> None:
+    """Check every question and print the total: the score (self-study) or what public checks carry (class)."""
     namespace = _notebook_globals()
-    print(check_report(_lab_for(lab, namespace), namespace))
+    print(check_report(_lab_for(lab, namespace), namespace, mode=mode))

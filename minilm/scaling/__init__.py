@@ -5,7 +5,8 @@
 - ``isoflop``: Approaches 1 (envelope of training curves) and 2 (IsoFLOP parabolas).
 - ``runs``: checking (N, D, loss) points and reading/writing them as CSV.
 - ``lbfgs``: L-BFGS from thousands of starting points at once.
-- ``sweep``: train a grid of GPT sizes x token budgets on a known-entropy language, cached.
+- ``sweep``: train a grid of GPT sizes x token budgets on a known-entropy language, cached, on any
+  executor (``minilm.executors``: this process, local workers, SLURM through submitit).
 - ``hparams``: lab 04's experiments: WSD branching, learning-rate sweeps, batch x lr grids.
 """
 
@@ -47,6 +48,7 @@ from .sweep import (
     FAST_TOKEN_BUDGETS,
     FULL_SIZES,
     FULL_TOKEN_BUDGETS,
+    SweepError,
     SweepResult,
     fast_language,
     run_sweep,
@@ -59,7 +61,7 @@ __all__ = [
     "EnvelopeFit", "IsoFLOPFit", "PowerLaw", "TrainingCurve", "fit_envelope", "fit_isoflop", "fit_power_law",
     "ChinchillaParams", "ComputeOptimal", "KaplanParams", "chinchilla_loss", "compute_optimal", "kaplan_loss",
     "training_flops", "ScalingRuns", "check_points", "load_runs", "save_runs",
-    "FAST_SIZES", "FAST_TOKEN_BUDGETS", "FULL_SIZES", "FULL_TOKEN_BUDGETS", "SweepResult", "fast_language",
-    "run_sweep", "score_loss",
+    "FAST_SIZES", "FAST_TOKEN_BUDGETS", "FULL_SIZES", "FULL_TOKEN_BUDGETS", "SweepError", "SweepResult",
+    "fast_language", "run_sweep", "score_loss",
     "Branch", "LossCurve", "batch_lr_grid", "best_lr", "branch_wsd", "lr_sweep", "train_gpt", "wind_tunnel_data",
 ]

@@ -1,6 +1,11 @@
 """A scaling sweep: GPTs of several sizes, each trained on several token budgets, on a synthetic
 language whose entropy rate (the irreducible loss E) is known exactly. Every finished point is
-cached in a JSON file, so a rerun (or a crashed notebook) only trains what is missing.
+cached in a JSON file under the hash of its configuration, so a rerun (or a crashed notebook, or
+a re-submitted cluster sweep) only trains what is missing.
+
+The runs go through an executor (``minilm.executors``): this process by default, local worker
+processes (one per GPU), or SLURM jobs through submitit. A run that fails is reported with the
+others kept (``SweepError``); its configuration is simply missing from the cache next time.
 
 Each run follows Hoffmann et al. (2022, sec. 3.1): a cosine schedule whose length matches the
 run's own token budget (a schedule longer than the run overestimates its final loss), decaying
@@ -29,6 +34,7 @@ from minilm.atomic import atomic_write_text
 from minilm.data.batching import iterate_windows
 from minilm.data.languages import LANGUAGES, MarkovLanguage
 from minilm.device import resolve_device
+from minilm.executors import Executor, LocalExecutor
 from minilm.models.gpt import GPT, GPTConfig
 from minilm.schedules import cosine
 from minilm.train import train
@@ -95,6 +101,20 @@ class SweepResult:
                               np.array(q["curve_loss"], dtype=float)) for q in self.points]
 
 
+class SweepError(RuntimeError):
+    """Some runs of a sweep failed. The others finished and are cached (``result`` holds them);
+    ``failures`` has one dict per failed run: size, token_budget, key, error and log."""
+
+    def __init__(self, failures: list[dict], result: SweepResult, cache_path: Path | None):
+        self.failures, self.result = failures, result
+        lines = [f"  {f['size']} x {f['token_budget']:,} tokens: {f['error']}" + (f" (log: {f['log']})"
+                 if f.get("log") and "\n" not in f["log"] else "") for f in failures]
+        kept = (f"; the {len(result.points)} finished runs are cached in {cache_path}: run the sweep again to retry "
+                "only the failed ones") if cache_path else f"; {len(result.points)} runs finished"
+        super().__init__(f"{len(failures)} of {len(failures) + len(result.points)} sweep runs failed{kept}:\n"
+                         + "\n".join(lines))
+
+
 def _atomic_write_json(obj: Any, path: Path) -> None:
     """Write JSON to a temporary file in the same folder, then rename: never a half-written cache."""
     atomic_write_text(path, json.dumps(obj, indent=1))
@@ -110,6 +130,28 @@ def _read_cache(path: Path | None) -> dict[str, dict]:
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
         raise ValueError(f"{path} is not a minilm sweep cache (format {CACHE_FORMAT}); choose another cache_path")
     return data["points"]
+
+
+def _runs_dir(cache_file: Path | None) -> Path | None:
+    """Where each run also drops its record (``<cache>.runs/<key>.json``): a job that finishes after
+    the sweep that submitted it was interrupted is not lost; the next sweep merges it."""
+    return None if cache_file is None else cache_file.with_name(cache_file.name + ".runs")
+
+
+def _run_files(runs_dir: Path | None) -> dict[str, Path]:
+    if runs_dir is None or not runs_dir.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(runs_dir.glob("*.json"))}
+
+
+def _read_run_files(files: dict[str, Path]) -> dict[str, dict]:
+    records = {}
+    for key, path in files.items():
+        try:
+            records[key] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):  # being written by a job right now: it is atomic, so next time
+            continue
+    return records
 
 
 @torch.no_grad()
@@ -139,6 +181,53 @@ def _smooth_curve(tokens: Sequence[int], losses: Sequence[float], n_points: int)
     edges = np.unique(np.linspace(0, len(losses), min(n_points, len(losses)) + 1).astype(int))
     return ([float(tokens[e - 1]) for e in edges[1:]],
             [float(losses[s:e].mean()) for s, e in zip(edges[:-1], edges[1:])])
+
+
+_DATA: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # the last sweep's samples, kept for its next run
+
+
+def _sweep_data(lang, settings: dict, pool_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training pool, validation sample) of a sweep, sampled once per process and reused by its runs."""
+    key = (settings["language"], settings["seed"], settings["val_tokens"], pool_tokens)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = (lang.sample(pool_tokens, seed=settings["seed"]),
+                      lang.sample(settings["val_tokens"] + 1, seed=settings["seed"] + 1))
+    return _DATA[key]
+
+
+def _train_point(job: dict) -> dict:
+    """Train and score one run of a sweep; returns its cache record. Runs wherever the executor
+    puts it (this process, a worker, a cluster job): everything it needs is in ``job``."""
+    s, size, budget = job["settings"], job["size"], job["token_budget"]
+    lang, T, B = job["language"], s["context_length"], s["batch_size"]
+    dev = resolve_device(job["device"])
+    train_pool, val = _sweep_data(lang, s, job["pool_tokens"])
+    torch.manual_seed(s["seed"])
+    model = GPT(GPTConfig(vocab_size=lang.vocab_size, context_length=T, **size))
+    steps = max(1, round(budget / (B * T)))
+    schedule = cosine(steps, warmup_steps=max(1, int(s["warmup_fraction"] * steps)),
+                      final_fraction=s["final_lr_fraction"])
+    t_run = time.perf_counter()
+    history = train(model, train_pool, None, steps=steps, batch_size=B, context_length=T, lr=s["lr"],
+                    schedule=schedule, device=dev, seed=s["seed"], progress=False)
+    loss = score_loss(model, val, T, s["score_from"], dev)
+    if not math.isfinite(loss):
+        raise RuntimeError(f"run {size} x {budget} tokens ended with loss {loss}; lower lr")
+    tokens = steps * B * T
+    curve_tokens, curve_loss = _smooth_curve(history["tokens"], history["train_loss"], s["curve_points"])
+    record = {
+        "size": size, "token_budget": budget, **s, "key": job["key"],
+        "n_params": model.num_params(non_embedding=True), "n_params_total": model.num_params(), "tokens": tokens,
+        "steps": steps, "flops": model.flops_per_token() * tokens,
+        "flops_6ND": 6.0 * model.num_params(non_embedding=True) * tokens,
+        "loss": loss, "final_train_loss": float(np.mean(history["train_loss"][-max(1, steps // 20):])),
+        "curve_tokens": curve_tokens, "curve_loss": curve_loss,
+        "train_time_s": time.perf_counter() - t_run, "device": str(dev),
+    }
+    if job["runs_dir"] is not None:
+        _atomic_write_json(record, Path(job["runs_dir"]) / f"{job['key']}.json")
+    return record
 
 
 def _language(language) -> Any:
@@ -172,6 +261,7 @@ def run_sweep(
     curve_points: int = 32,
     flop_budgets: Sequence[float] | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> SweepResult:
     """Train a GPT for every (size, token budget) pair and return the final losses.
 
@@ -192,8 +282,14 @@ def run_sweep(
             context_length // 2, which must exceed the document length or Markov order).
         val_tokens: held-out tokens for the final loss (the same for every run).
         curve_points: points kept of each smoothed training curve.
+        executor: where the runs train (``minilm.executors``): None is ``LocalExecutor()`` -- this
+            process, or one worker process per GPU when several are visible; ``SubmititExecutor``
+            sends each run to a SLURM job. Out of this process, ``cache_path`` must be a path the
+            workers see (each run also writes ``<cache_path>.runs/<key>.json``, merged next time).
     Returns:
         SweepResult; ``.runs()`` gives (N, D, loss) for the fitters, ``.curves()`` the curves.
+    Raises:
+        SweepError: after every run has ended, if some failed; the finished ones are cached.
     """
     t0 = time.perf_counter()
     lang = _language(language)
@@ -225,7 +321,6 @@ def run_sweep(
                 for C in flop_budgets for s, n in zip(sizes, n_params) if C / (6 * n) >= tokens_per_step]
         if not grid:
             raise ValueError("every FLOP budget is too small for one training step of every size")
-    dev = resolve_device(device)
     h = float(lang.entropy_rate())
     settings = {
         "language": f"{type(lang).__name__}(vocab_size={lang.vocab_size}, entropy_rate={h!r})",
@@ -233,53 +328,74 @@ def run_sweep(
         "warmup_fraction": warmup_fraction, "final_lr_fraction": final_lr_fraction,
         "score_from": score_from, "val_tokens": val_tokens, "curve_points": curve_points,
     }
-    cache_file = Path(cache_path) if cache_path is not None else None
+    if executor is None:
+        executor = LocalExecutor()
+    elif not callable(getattr(executor, "run", None)):
+        raise ValueError(f"executor must have a run(fn, jobs) method (minilm.executors), got {executor!r}")
+    cache_file = Path(cache_path).resolve() if cache_path is not None else None
+    runs_dir = _runs_dir(cache_file)
     cache = _read_cache(cache_file)
+    run_files = _run_files(runs_dir)
+    cache.update(_read_run_files(run_files))  # runs that finished after their sweep was interrupted
 
-    # One pool of training data for all runs: twice the largest budget, so random windows are
-    # almost all fresh (scaling laws assume no repeated data). The validation sample is separate.
+    # The validation sample is the same for every run (and gives the sample's own entropy). One pool of
+    # training data serves all runs: twice the largest budget, so random windows are almost all fresh
+    # (scaling laws assume no repeated data); each process that trains samples it once.
     val = lang.sample(val_tokens + 1, seed=seed + 1)
     val_entropy = float(-np.mean(lang.log_prob(val))) if hasattr(lang, "log_prob") else None
-    train_pool = None
+    pool_tokens = 2 * max(d for _, d, _ in grid) + context_length + 1
+    # Local runs get the resolved device; a job elsewhere resolves "auto" where it runs (a cluster's GPU).
+    job_device = resolve_device(device) if isinstance(executor, LocalExecutor) and executor.workers == 1 else device
 
-    points, n_trained = [], 0
-    bar = tqdm(grid, desc="scaling sweep", disable=not progress)
-    for size, budget, flop_budget in bar:
+    points: list[dict | None] = [None] * len(grid)
+    todo: dict[str, list[int]] = {}  # configuration hash -> the grid entries it serves (an IsoFLOP grid can repeat one)
+    jobs: list[dict] = []
+    for i, (size, budget, _) in enumerate(grid):
         key_fields = {"size": size, "token_budget": budget, **settings}
         key = hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
         if key in cache:
-            points.append({**cache[key], "flop_budget": flop_budget})
-            continue
-        if train_pool is None:
-            train_pool = lang.sample(2 * max(d for _, d, _ in grid) + context_length + 1, seed=seed)
-        bar.set_postfix(size=f"{size}", tokens=budget)
-        cfg = GPTConfig(vocab_size=lang.vocab_size, context_length=context_length, **size)
-        torch.manual_seed(seed)
-        model = GPT(cfg)
-        steps = max(1, round(budget / tokens_per_step))
-        schedule = cosine(steps, warmup_steps=max(1, int(warmup_fraction * steps)), final_fraction=final_lr_fraction)
-        t_run = time.perf_counter()
-        history = train(model, train_pool, None, steps=steps, batch_size=batch_size, context_length=context_length,
-                        lr=lr, schedule=schedule, device=dev, seed=seed, progress=False)
-        loss = score_loss(model, val, context_length, score_from, dev)
-        tokens = steps * tokens_per_step
-        curve_tokens, curve_loss = _smooth_curve(history["tokens"], history["train_loss"], curve_points)
-        record = {
-            **key_fields, "key": key, "n_params": model.num_params(non_embedding=True),
-            "n_params_total": model.num_params(), "tokens": tokens, "steps": steps,
-            "flops": model.flops_per_token() * tokens,
-            "flops_6ND": 6.0 * model.num_params(non_embedding=True) * tokens,
-            "loss": loss, "final_train_loss": float(np.mean(history["train_loss"][-max(1, steps // 20):])),
-            "curve_tokens": curve_tokens, "curve_loss": curve_loss,
-            "train_time_s": time.perf_counter() - t_run, "device": str(dev),
-        }
-        if not math.isfinite(loss):
-            raise RuntimeError(f"run {size} x {budget} tokens ended with loss {loss}; lower lr")
-        cache[key] = record
-        points.append({**record, "flop_budget": flop_budget})
-        n_trained += 1
-        if cache_file is not None:
-            _atomic_write_json({"format": CACHE_FORMAT, "points": cache}, cache_file)
+            points[i] = cache[key]
+        elif key in todo:
+            todo[key].append(i)
+        else:
+            todo[key] = [i]
+            jobs.append({"key": key, "size": size, "token_budget": budget, "settings": settings, "language": lang,
+                         "pool_tokens": pool_tokens, "device": job_device,
+                         "runs_dir": str(runs_dir) if runs_dir is not None else None})
+    if cache_file is not None and run_files:
+        _atomic_write_json({"format": CACHE_FORMAT, "points": cache}, cache_file)
+
+    n_trained, failures = 0, []
+    bar = tqdm(total=len(grid), initial=len(grid) - sum(map(len, todo.values())), desc="scaling sweep",
+               disable=not progress)
+    for outcome in executor.run(_train_point, jobs):
+        job = jobs[outcome.index]
+        if outcome.ok:
+            cache[job["key"]] = outcome.result
+            for i in todo[job["key"]]:
+                points[i] = outcome.result
+            n_trained += 1
+            if cache_file is not None:
+                _atomic_write_json({"format": CACHE_FORMAT, "points": cache}, cache_file)
+        else:
+            failures.append({"size": job["size"], "token_budget": job["token_budget"], "key": job["key"],
+                             "error": outcome.error, "log": outcome.log})
+        bar.update(len(todo[job["key"]]))
+        bar.set_postfix(trained=n_trained, failed=len(failures))
     bar.close()
-    return SweepResult(points=points, n_trained=n_trained, n_cached=len(points) - n_trained, entropy_rate=h,
-                       val_entropy=val_entropy, wall_time_s=time.perf_counter() - t0)
+    _DATA.clear()  # this process's copy of the sweep's data is not needed any more
+    for path in run_files.values():  # merged into the cache above: no longer needed
+        path.unlink(missing_ok=True)
+    if runs_dir is not None and runs_dir.is_dir():
+        for job in jobs:
+            if job["key"] in cache:
+                (runs_dir / f"{job['key']}.json").unlink(missing_ok=True)
+        if not any(runs_dir.iterdir()):
+            runs_dir.rmdir()
+
+    done = [{**p, "flop_budget": flop_budget} for p, (_, _, flop_budget) in zip(points, grid) if p is not None]
+    result = SweepResult(points=done, n_trained=n_trained, n_cached=len(done) - n_trained, entropy_rate=h,
+                         val_entropy=val_entropy, wall_time_s=time.perf_counter() - t0)
+    if failures:
+        raise SweepError(failures, result, cache_file)
+    return result
