@@ -17,15 +17,21 @@ from minilm.labs.doctor import Finding, diagnose, report
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_ENV = ("MINILM_THREADS", "MINILM_MODE", "MINILM_LABS_DIR", "MINILM_GRADE_JOB")  # CI sets MINILM_THREADS
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in ("MINILM_THREADS", "MINILM_MODE", "MINILM_LABS_DIR", "MINILM_GRADE_JOB"):
+    for name in _ENV:
         monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="module")
 def text() -> str:
-    return report(diagnose())
+    with pytest.MonkeyPatch.context() as mp:  # module scope: set up before the autouse fixture above
+        for name in _ENV:
+            mp.delenv(name, raising=False)
+        return report(diagnose())
 
 
 def test_reports_torch_build_device_and_threads(text):

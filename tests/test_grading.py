@@ -422,7 +422,7 @@ def test_strip_solutions_keeps_indentation_and_handles_one_line_answers():
     assert out == textwrap.dedent("""\
         def f(x):
             y = 1
-            raise NotImplementedError()
+            raise NotImplementedError('write f')
         best: int = None  # YOUR ANSWER
         other = None  # YOUR ANSWER""")
     md, changed = nbtools.strip_solutions("Why?\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION", "markdown")
@@ -441,6 +441,27 @@ def test_strip_solutions_keeps_indentation_and_handles_one_line_answers():
 def test_malformed_solution_markers_are_errors(src, match):
     with pytest.raises(nbtools.SolutionMarkerError, match=match):
         nbtools.strip_solutions(src, where="cell 3")
+
+
+def test_stub_names_the_exercise_and_the_function_it_leaves_to_write():
+    src = "def bigram_probs(t):\n    \"\"\"Doc.\"\"\"\n    ### BEGIN SOLUTION\n    return t\n    ### END SOLUTION"
+    out, _ = nbtools.strip_solutions(src, exercise="q2")
+    assert out.splitlines()[-1] == "    raise NotImplementedError('q2: write bigram_probs')"
+    ns = {}
+    exec(out, ns)
+    with pytest.raises(NotImplementedError, match="^q2: write bigram_probs$"):
+        ns["bigram_probs"]([1])
+    top, _ = nbtools.strip_solutions("x = 1\n### BEGIN SOLUTION\ny = 2\n### END SOLUTION", exercise="q5")
+    assert top == "x = 1\nraise NotImplementedError('q5: write your answer here')"
+    # the exercise is the first check("qN") at or after the cell
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src), nbformat.v4.new_markdown_cell("check('q9') in prose"),
+                nbformat.v4.new_code_cell('check("q3")'),
+                nbformat.v4.new_code_cell("def g():\n    ### BEGIN SOLUTION\n    pass\n"
+                                          "    ### END SOLUTION\ncheck('q4')")]
+    rel = make_release(nb, "99")
+    assert "NotImplementedError('q3: write bigram_probs')" in rel.cells[0].source
+    assert "NotImplementedError('q4: write g')" in rel.cells[3].source
 
 
 def test_release_strips_solutions_outputs_and_locks_check_cells():

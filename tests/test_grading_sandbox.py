@@ -584,6 +584,19 @@ def _wait_for_job(tmp: Path, timeout: float = 120) -> Path:
     raise AssertionError("no job folder appeared")
 
 
+def _wait_for_loop(tmp: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until the graded notebook has written its ``looping`` file (its kernel is in the endless loop)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if list(tmp.glob("minilm-grading-*/job-*/work/looping")):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the grader ended (status {proc.returncode}) before the kernel reached its loop: "
+                                 f"{proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        time.sleep(0.2)
+    raise AssertionError("the graded notebook never reached its loop")
+
+
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -601,14 +614,16 @@ def test_a_grader_stopped_or_killed_mid_run_leaves_no_copies_behind(tmp_path):
         _skip(why)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    nbformat.write(_nb(["import time", "while True:\n    time.sleep(0.1)"]), tmp_path / "hang.ipynb")
+    # The notebook says when it has reached its endless loop (a file beside it), so the signals below
+    # arrive while the kernel runs, however slow the machine is.
+    nbformat.write(_nb(["import pathlib, time", "pathlib.Path('looping').write_text('1')",
+                        "while True:\n    time.sleep(0.1)"]), tmp_path / "hang.ipynb")
     env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(ROOT))
     argv = [sys.executable, "-m", "minilm", "grade", str(tmp_path / "hang.ipynb"), "--out", str(tmp_path / "out"),
             "--lab", "99", "--no-progress", "--timeout", "300"]
     # Stopped (SIGTERM): it kills the submission's processes and removes its job folders itself.
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_job(tmp)
-    time.sleep(1.0)  # the kernel is running the loop
+    _wait_for_loop(tmp, proc)
     proc.terminate()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + 15 and "stopped by signal" in err
@@ -618,8 +633,8 @@ def test_a_grader_stopped_or_killed_mid_run_leaves_no_copies_behind(tmp_path):
     assert not (tmp_path / "out").exists()
     # Killed outright (SIGKILL): bubblewrap ends the sandbox with its parent; the job folder stays
     # until the next grader removes it.
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_job(tmp)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_loop(tmp, proc)
     proc.kill()
     proc.wait(timeout=60)
     deadline = time.monotonic() + 20

@@ -1,4 +1,5 @@
-"""The README's main command, `jupyter lab labs/`, really starts JupyterLab serving the labs.
+"""The README's commands, `jupyter lab labs/` and `jupyter lab labs/README.md`, really start JupyterLab serving
+the labs (and the landing page with its chapters).
 
 No browser: the server is started exactly as the README says (from the repository root, with
 `labs/` as the folder to serve) plus the options a test needs -- no browser, a free port, a
@@ -10,6 +11,7 @@ folder listing and for the first lab's notebook, and shuts it down.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -20,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from minilm.labs import available_labs, get_lab
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_NOTEBOOK = "00_language_models.ipynb"
@@ -42,21 +46,15 @@ def _jupyter_command() -> list[str]:
     return [str(beside)] if beside.is_file() and os.access(beside, os.X_OK) else [sys.executable, "-m", "jupyter"]
 
 
-def test_readme_command_serves_the_labs_folder(tmp_path):
-    if importlib.util.find_spec("jupyterlab") is None:
-        reason = "jupyterlab is not installed (pip install -e '.[lab]')"
-        if os.environ.get("CI"):
-            pytest.fail(reason + " -- CI is set, so this is a failure, not a skip", pytrace=False)
-        pytest.skip(reason)
-    readme = (REPO / "README.md").read_text()
-    assert "jupyter lab labs/" in readme, "the README's main command changed: update this test"
-    assert (REPO / "labs" / LAB_NOTEBOOK).is_file(), f"run `minilm release` to create labs/{LAB_NOTEBOOK}"
-
+@contextlib.contextmanager
+def _jupyter_lab(tmp_path: Path, target: str):
+    """`jupyter lab TARGET` started from the repository root as the README says, plus what a test needs (no
+    browser, a free port, a token, `--allow-root`, private folders); yields (server, url), then stops it."""
     helpers = _browser_helpers()
     env = helpers._server_env(tmp_path)  # private runtime/config/data/IPython folders
     token = secrets.token_hex(16)
     command = _jupyter_command() + [
-        "lab", "labs/", "--no-browser", "--allow-root", "--ip=127.0.0.1", "--port=0",
+        "lab", target, "--no-browser", "--allow-root", "--ip=127.0.0.1", "--port=0",
         f"--IdentityProvider.token={token}",
         f"--LabApp.user_settings_dir={tmp_path / 'settings'}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
         "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
@@ -68,7 +66,28 @@ def test_readme_command_serves_the_labs_folder(tmp_path):
     try:
         url = helpers._wait_for_server(process, tmp_path / "runtime", log)
         server = helpers.JupyterServer(url, token, REPO / "labs")
+        yield server, url
+    finally:
+        helpers._stop_server(process, server)
+        shutil.rmtree(tmp_path / "runtime", ignore_errors=True)
+    assert process.poll() is not None, "the server is still running after shutdown"
 
+
+def _need_jupyterlab():
+    if importlib.util.find_spec("jupyterlab") is None:
+        reason = "jupyterlab is not installed (pip install -e '.[lab]')"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " -- CI is set, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(reason)
+
+
+def test_readme_command_serves_the_labs_folder(tmp_path):
+    _need_jupyterlab()
+    readme = (REPO / "README.md").read_text()
+    assert "jupyter lab labs/" in readme, "the README's main command changed: update this test"
+    assert (REPO / "labs" / LAB_NOTEBOOK).is_file(), f"run `minilm release` to create labs/{LAB_NOTEBOOK}"
+
+    with _jupyter_lab(tmp_path, "labs/") as (server, url):
         listing = server.api("GET", "api/contents/")
         names = {item["name"]: item["type"] for item in listing["content"]}
         assert names.get(LAB_NOTEBOOK) == "notebook", f"labs/ is not the served folder: {sorted(names)}"
@@ -84,7 +103,18 @@ def test_readme_command_serves_the_labs_folder(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url + "api/contents/", timeout=10)
         assert refused.value.code == 403
-    finally:
-        helpers._stop_server(process, server)
-        shutil.rmtree(tmp_path / "runtime", ignore_errors=True)
-    assert process.poll() is not None, "the server is still running after shutdown"
+
+
+def test_the_landing_page_command_opens_readme_and_serves_the_chapters(tmp_path):
+    """`jupyter lab labs/README.md` (the README's command): serves labs/, opens README.md, and the chapters load
+    through labs/course."""
+    _need_jupyterlab()
+    with _jupyter_lab(tmp_path, "labs/README.md") as (server, _):
+        names = {item["name"]: item["type"] for item in server.api("GET", "api/contents/")["content"]}
+        assert names.get("README.md") == "file" and names.get("00_language_models.ipynb") == "notebook", names
+        assert names.get("course") == "directory", names
+        for lab_id in available_labs():
+            chapter = server.api("GET", f"api/contents/course/{get_lab(lab_id).stem}.md")
+            assert chapter["type"] == "file" and chapter["content"].startswith("#")
+        opens = list((tmp_path / "runtime").glob("jpserver-file-to-run-*-open.html"))
+        assert opens and "tree/README.md" in opens[0].read_text(), "the server does not open README.md"

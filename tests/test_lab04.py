@@ -9,16 +9,15 @@
 
 from __future__ import annotations
 
-import ast
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from _notebook_settings import notebook_settings
 
+from minilm.executors import LocalExecutor
 from minilm.labs import lab04
-from minilm.labs.runner import find_lab
 from minilm.models.gpt import GPT, GPTConfig
 from minilm.mup import param_groups
 from minilm.scaling.hparams import (
@@ -109,6 +108,33 @@ def test_lr_sweep_shape_and_optimum(data):
     assert not np.array_equal(sweep.loss[0, 0], sweep.loss[1, 0])
 
 
+def test_the_grids_give_the_same_losses_through_worker_processes(data):
+    """Lab 04's grids take an executor (minilm.executors): two local worker processes train the same runs
+    to the same losses and curves as this process (same seeds, one thread each)."""
+    sweep_args = dict(base_config={"n_layers": 1, "n_heads": 2}, widths=(8,), lrs=(1e-3, 4e-3), seeds=(0,),
+                      tokens=data.train, val_tokens=data.val, vocab_size=data.vocab_size, steps=5, base_width=8,
+                      batch_size=4, context_length=16, progress=False)
+    here = lr_sweep(**sweep_args)
+    there = lr_sweep(**sweep_args, executor=LocalExecutor(workers=2, gpus=[]))
+    assert np.array_equal(here.loss, there.loss) and np.isfinite(here.loss).all()
+    grid_args = dict(tokens=data.train, val_tokens=data.val, vocab_size=data.vocab_size, token_budget=2 * 16 * 20,
+                     points=4, context_length=16, progress=False)
+    here = batch_lr_grid(TINY, (2, 4), (3e-3,), **grid_args)
+    there = batch_lr_grid(TINY, (2, 4), (3e-3,), **grid_args, executor=LocalExecutor(workers=2, gpus=[]))
+    assert np.array_equal(here.loss, there.loss)
+    for cell in here.curves:
+        assert all(np.array_equal(a, b) for a, b in zip(here.curves[cell], there.curves[cell]))
+
+
+def test_a_failed_grid_run_is_reported_after_the_others(data):
+    # width 8 with 3 heads is a bad config (runs 0 and 2: both parametrizations); width 12 trains
+    with pytest.raises(RuntimeError, match="2 of 4 runs of the learning-rate sweep failed") as failed:
+        lr_sweep({"n_layers": 1, "n_heads": 3}, (8, 12), (1e-3,), (0,), tokens=data.train, val_tokens=data.val,
+                 vocab_size=data.vocab_size, steps=3, base_width=8, batch_size=4, context_length=16, progress=False)
+    assert "run 0:" in str(failed.value) and "run 2:" in str(failed.value) and "run 1:" not in str(failed.value)
+    assert "not divisible by n_heads=3" in str(failed.value)
+
+
 def test_lr_sweep_optimum_spread_is_the_std_of_log2():
     loss = np.empty((1, 1, 3, 3))
     for s, shift in enumerate((-0.2, 0.0, 0.4)):
@@ -191,29 +217,10 @@ def test_mup_reference_probes_are_real_gpt_parameters():
         assert lab04.mup_adam_lr_ref(name, shape, lr, d_model, base_width) == pytest.approx(expected, rel=1e-12)
 
 
-def _notebook_settings() -> dict:
-    """The literal settings of the solution notebook's sizes cell, in fast mode."""
-    nb = json.loads(find_lab("04").solution.read_text())
-    source = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
-                  and "MODEL = " in "".join(c["source"]))
-    settings = {}
-    for node in ast.parse(source.replace("%matplotlib inline", "")).body:
-        if isinstance(node, ast.Assign):
-            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value  # FAST's branch
-            try:
-                literal = ast.literal_eval(value)
-            except ValueError:
-                continue
-            for target in node.targets:
-                if isinstance(target, ast.Tuple):
-                    settings.update({t.id: v for t, v in zip(target.elts, literal)})
-                else:
-                    settings[target.id] = literal
-    return settings
 
 
 def test_notebook_uses_the_settings_the_references_recompute_with():
-    s = _notebook_settings()
+    s, _ = notebook_settings("04")
     assert s["MODEL"] == lab04.MODEL
     assert (s["LR"], s["BATCH"], s["CONTEXT"]) == (lab04.LR, lab04.BATCH, lab04.CONTEXT)
     assert s["COORD_WIDTHS"] == lab04.COORD_WIDTHS

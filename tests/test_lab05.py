@@ -10,18 +10,16 @@
 
 from __future__ import annotations
 
-import ast
 import itertools
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from _notebook_settings import notebook_settings
 
 from minilm.filtering import KINDS, MinHasher, shingles, split_documents, text_documents
 from minilm.labs import lab05
-from minilm.labs.runner import find_lab
 from minilm.mixing import markov_domains, mixing_law, simplex_grid, train_mixture
 from minilm.selection import n_kept, slm_data, train_reference, train_selective
 
@@ -193,29 +191,10 @@ def test_dedup_reference_keeps_one_document_per_duplicated_cluster():
     assert set(np.unique(corpus.kind)) == set(range(len(KINDS)))
 
 
-def _notebook_settings() -> dict:
-    """The literal settings of the solution notebook's sizes cell, in fast mode."""
-    nb = json.loads(find_lab("05").solution.read_text())
-    source = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
-                  and "MODEL = " in "".join(c["source"]))
-    settings = {}
-    for node in ast.parse(source.replace("%matplotlib inline", "")).body:
-        if isinstance(node, ast.Assign):
-            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value  # FAST's branch
-            try:
-                literal = ast.literal_eval(value)
-            except ValueError:
-                continue
-            for target in node.targets:
-                if isinstance(target, ast.Tuple):
-                    settings.update({t.id: v for t, v in zip(target.elts, literal)})
-                else:
-                    settings[target.id] = literal
-    return settings
 
 
 def test_notebook_uses_the_settings_the_references_recompute_with():
-    s = _notebook_settings()
+    s, _ = notebook_settings("05")
     assert s["MODEL"] == lab05.MODEL
     assert (s["LR"], s["BATCH"], s["CONTEXT"]) == (lab05.LR, lab05.BATCH, lab05.CONTEXT)
     assert s["DOC_SPLIT"] == lab05.DOC_SPLIT and s["POLLUTION"] == lab05.POLLUTION

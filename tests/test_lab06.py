@@ -11,15 +11,12 @@
 
 from __future__ import annotations
 
-import ast
-import json
-
 import numpy as np
 import pytest
+from _notebook_settings import notebook_settings
 
 from minilm.grading import grade_objects, reference_namespace
 from minilm.labs import lab06
-from minilm.labs.runner import find_lab
 
 
 def test_references_by_hand():
@@ -78,29 +75,10 @@ def test_fp8_run_counts_the_unscaled_gradients():
     assert all(run.loss < np.log(128) for run, _ in runs.values())
 
 
-def _notebook_settings() -> dict:
-    """The literal settings of the solution notebook's sizes cell, in fast mode."""
-    nb = json.loads(find_lab("06").solution.read_text())
-    source = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
-                  and "MODEL = " in "".join(c["source"]))
-    settings = {}
-    for node in ast.parse(source.replace("%matplotlib inline", "")).body:
-        if isinstance(node, ast.Assign):
-            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value  # FAST's branch
-            try:
-                literal = ast.literal_eval(value)
-            except ValueError:
-                continue
-            for target in node.targets:
-                if isinstance(target, ast.Tuple):
-                    settings.update({t.id: v for t, v in zip(target.elts, literal)})
-                else:
-                    settings[target.id] = literal
-    return settings
 
 
 def test_notebook_uses_the_settings_the_references_recompute_with():
-    s = _notebook_settings()
+    s, _ = notebook_settings("06")
     assert s["MODEL"] == lab06.MODEL
     assert (s["LR"], s["BATCH"], s["CONTEXT"]) == (lab06.LR, lab06.BATCH, lab06.CONTEXT)
     q5 = next(q for q in lab06.LAB.questions if q.name == "q5")

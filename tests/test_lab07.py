@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-import ast
 import json
 
 import numpy as np
 import pytest
 import torch
+from _notebook_settings import notebook_settings
 
 from minilm.labs import lab07
 from minilm.labs.runner import find_lab
@@ -178,29 +178,10 @@ def test_checkpoint_block_influence_on_a_tiny_llama(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the notebook
-def _notebook_settings() -> dict:
-    """The literal settings of the solution notebook's sizes cell, in fast mode."""
-    nb = json.loads(find_lab("07").solution.read_text())
-    source = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
-                  and "GPT_STEPS = " in "".join(c["source"]))
-    settings = {}
-    for node in ast.parse(source.replace("%matplotlib inline", "")).body:
-        if isinstance(node, ast.Assign):
-            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value  # FAST's branch
-            try:
-                literal = ast.literal_eval(value)
-            except ValueError:
-                continue
-            for target in node.targets:
-                if isinstance(target, ast.Tuple):
-                    settings.update({t.id: v for t, v in zip(target.elts, literal)})
-                else:
-                    settings[target.id] = literal
-    return settings, source
 
 
 def test_notebook_uses_the_settings_the_references_recompute_with():
-    s, source = _notebook_settings()
+    s, source = notebook_settings("07", "GPT_STEPS = ")
     assert s["GPT_STEPS"] == lab07.FAST_GPT_STEPS == lab07.LAB.question("q4").params["GPT_STEPS"]
     assert s["KS"] == (1, 2, 3, 4) and (s["ROUNDS"], s["RATE"]) == (5, 0.2)
     # the notebook trains with the recipe the grader retrains with

@@ -66,3 +66,23 @@ def test_lab_list_command_shows_every_lab_with_its_questions(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line[:2] for line in lines] == [lab.lab_id for lab in list_labs()]
     assert all("ready (" in line and "graded questions)" in line for line in lines), lines
+
+
+def test_lab_run_prints_a_score_a_reader_can_parse():
+    from types import SimpleNamespace
+
+    from minilm.grading.selfcheck import SelfCheck, total_line
+    from minilm.labs.runner import graded_summary, score_line
+
+    lab = SimpleNamespace(total_points=15.0)  # total_line reads only the total
+    full = [SelfCheck("q1", 5, 5, 3, 3.0, 15.0, 15.0, True, ["q1: right"], "self")]
+    part = [SelfCheck("q1", 2, 5, 3, 3.0, 8.5, 15.0, False, ["q1: 2/5"], "self")]
+    assert score_line("Lab 98\n" + total_line(lab, full, "self")) == "score: 15/15 points"
+    assert score_line(total_line(lab, part, "self")) == "score: 8.5/15 points"
+    assert score_line(total_line(lab, part, "class")).startswith("score: not found")  # never "3 of 3 (out of 15)"
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("check_all()")
+    cell.metadata["tags"] = ["graded-summary"]
+    cell.outputs = [nbformat.v4.new_output("stream", text=total_line(lab, full, "self") + "\n")]
+    nb.cells = [cell, nbformat.v4.new_code_cell("print('record')")]
+    assert score_line(graded_summary(nb)) == "score: 15/15 points"

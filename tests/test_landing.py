@@ -5,13 +5,8 @@ install commands in the order a person types them, ending with the command that 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import secrets
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -96,51 +91,3 @@ def _extras() -> set[str]:
     text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     section = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
     return set(re.findall(r"^(\w+)\s*=", section, re.M))
-
-
-def _browser_helpers():
-    browser_dir = REPO / "tests" / "browser"
-    if str(browser_dir) not in sys.path:
-        sys.path.insert(0, str(browser_dir))  # conftest imports its sibling jlab.py
-    spec = importlib.util.spec_from_file_location("browser_conftest_helpers_landing", browser_dir / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_readme_command_opens_the_landing_page_and_serves_the_chapters(tmp_path):
-    """`jupyter lab labs/README.md` (no browser): serves labs/, opens README.md, and the chapters load."""
-    if importlib.util.find_spec("jupyterlab") is None:
-        if os.environ.get("CI"):
-            pytest.fail("jupyterlab is not installed -- CI is set, so this is a failure, not a skip", pytrace=False)
-        pytest.skip("jupyterlab is not installed (pip install -e '.[lab]')")
-    helpers = _browser_helpers()
-    env = helpers._server_env(tmp_path)
-    token = secrets.token_hex(16)
-    beside = Path(sys.executable).with_name("jupyter")
-    jupyter = [str(beside)] if beside.is_file() else [sys.executable, "-m", "jupyter"]
-    command = jupyter + [
-        "lab", "labs/README.md", "--no-browser", "--allow-root", "--ip=127.0.0.1", "--port=0",
-        f"--IdentityProvider.token={token}",
-        f"--LabApp.user_settings_dir={tmp_path / 'settings'}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
-        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    log = tmp_path / "server.log"
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    server = None
-    try:
-        url = helpers._wait_for_server(process, tmp_path / "runtime", log)
-        server = helpers.JupyterServer(url, token, LABS)
-        names = {item["name"]: item["type"] for item in server.api("GET", "api/contents/")["content"]}
-        assert names.get("README.md") == "file" and names.get("00_language_models.ipynb") == "notebook", names
-        assert names.get("course") == "directory", names
-        for lab_id in available_labs():
-            chapter = server.api("GET", f"api/contents/course/{get_lab(lab_id).stem}.md")
-            assert chapter["type"] == "file" and chapter["content"].startswith("#")
-        opens = list((tmp_path / "runtime").glob("jpserver-file-to-run-*-open.html"))
-        assert opens and "tree/README.md" in opens[0].read_text(), "the server does not open README.md"
-    finally:
-        helpers._stop_server(process, server)
-        shutil.rmtree(tmp_path / "runtime", ignore_errors=True)
-    assert process.poll() is not None

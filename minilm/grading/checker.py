@@ -339,12 +339,15 @@ def plan_checks(question: Question, seed: int, public_only: bool = False) -> lis
 
 def probe_request(question: Question, checks: list[PlannedCheck]) -> dict:
     """What the probe needs to evaluate ``question``: target, kind, inputs, parameter names."""
-    return {
+    request = {
         "target": question.target,
         "kind": question.kind,
         "calls": [c.call for c in checks if c.call is not None],
         "params": list(question.params),
     }
+    if question.pure:  # only then: other questions' requests stay as they were
+        request["pure"] = True
+    return request
 
 
 class ReferenceCache:
@@ -515,4 +518,25 @@ def _judge(question: Question, check: PlannedCheck, res: Any, tol: Tolerance) ->
             return problem
     if question.kind == "value":
         return compare(check.expected, value, tol, "your answer", amounts=False)
-    return compare(check.expected, value, tol, "result")
+    problem = compare(check.expected, value, tol, "result")
+    if problem is None and question.pure:
+        problem = _changed_inputs(check.call, res.get("inputs_after"))
+    return problem
+
+
+def _changed_inputs(sent: dict | None, after: Any) -> str | None:
+    """Why the call changed its inputs in place, or ``None`` when they are exactly as sent."""
+    if sent is None or type(after) is not dict or type(after.get("args")) is not list \
+            or type(after.get("kwargs")) is not dict:
+        return "the probe did not report the inputs after the call"
+    if len(after["args"]) != len(sent["args"]):
+        return "the probe's report of the inputs after the call was unusable"
+    for i, (before, now) in enumerate(zip(sent["args"], after["args"])):
+        if now != before:  # exact: the probe re-encodes an untouched input to the same JSON
+            return (f"the result is right, but the call changed its input argument {i + 1} in place: "
+                    "build the result in new arrays and leave the arguments as they were")
+    for k, before in sent["kwargs"].items():
+        if after["kwargs"].get(k) != before:
+            return (f"the result is right, but the call changed its argument {k!r} in place: "
+                    "build the result in new arrays and leave the arguments as they were")
+    return None

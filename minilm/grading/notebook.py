@@ -3,7 +3,9 @@
 Solution regions in the instructor notebook (``labs/solutions/NN_topic.ipynb``):
 
 - code lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (markers included) become
-  ``raise NotImplementedError()`` at the indentation of the ``BEGIN`` line;
+  ``raise NotImplementedError("q2: write bigram_probs")`` at the indentation of the ``BEGIN`` line,
+  naming the exercise (the first ``check("qN")`` at or after the cell) and the function around the
+  region, so a student who runs on finds which exercise is left, not a ``TypeError`` further down;
 - a one-line answer ``x = <expr>  # SOLUTION`` becomes ``x = None  # YOUR ANSWER``;
 - in a markdown cell, a ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region becomes
   ``YOUR ANSWER HERE``.
@@ -31,7 +33,7 @@ from minilm.atomic import atomic_write_text
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
-STUB = "raise NotImplementedError()"
+STUB = "raise NotImplementedError()"  # the form of ``stub_line`` with nothing to name
 MARKDOWN_STUB = "YOUR ANSWER HERE"
 LOCKED_TAG = "locked"
 MAX_NOTEBOOK_BYTES = 128 * 2**20  # outputs included (they are dropped): a bound on the grader's memory
@@ -44,6 +46,8 @@ _MARKER_LIKE = re.compile(r"#\s*SOLUTION\s*$", re.IGNORECASE)
 # '#', bold, HTML comments): an error, never silently kept.
 _REGION_LIKE = re.compile(r"(BEGIN|END)[\s_*-]*SOLUTION", re.IGNORECASE)
 _CHECK_CALL = re.compile(r"\bcheck(_all)?\s*\(")
+_CHECK_NAME = re.compile(r"""\bcheck\s*\(\s*["'](\w+)["']""")
+_DEF_LINE = re.compile(r"^(?P<indent>[ \t]*)(?:async\s+)?def\s+(?P<name>\w+)\s*\(")
 _LAB_LINE = re.compile(r"""^\s*LAB\s*=\s*["'](\d\d)["']""", re.MULTILINE)
 
 
@@ -64,19 +68,43 @@ class SolutionMarkerError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def strip_solutions(source: str, cell_type: str = "code", where: str = "cell") -> tuple[str, bool]:
-    """The student version of one cell's source, and whether it held a solution."""
+def stub_line(exercise: str | None = None, function: str | None = None) -> str:
+    """The ``raise NotImplementedError(...)`` that replaces a code solution region.
+
+    ``exercise`` is the question id (``"q2"``), ``function`` the function the region sits in:
+    ``raise NotImplementedError('q2: write bigram_probs')``.
+    """
+    what = f"write {function}" if function else "write your answer here"
+    message = f"{exercise}: {what}" if exercise else (what if function else "")
+    return f"raise NotImplementedError({message!r})" if message else STUB
+
+
+def strip_solutions(source: str, cell_type: str = "code", where: str = "cell",
+                    exercise: str | None = None) -> tuple[str, bool]:
+    """The student version of one cell's source, and whether it held a solution.
+
+    ``exercise`` (a question id such as ``"q2"``) is named in the stub's ``NotImplementedError``.
+    """
     out: list[str] = []
     inside = False
     changed = False
+    defs: list[tuple[int, str]] = []  # (indent, name) of the functions open at this line
     for n, line in enumerate(source.split("\n"), start=1):
         stripped = line.strip()
+        width = len(line) - len(line.lstrip())
+        if stripped and not inside and not stripped.startswith("#"):  # comments do not close a function
+            defs = [d for d in defs if d[0] < width]
+            m_def = _DEF_LINE.match(line)
+            if m_def:
+                defs.append((width, m_def["name"]))
         if stripped == BEGIN:
             if inside:
                 raise SolutionMarkerError(f"{where}, line {n}: {BEGIN} inside another solution region")
             inside, changed = True, True
             indent = line[: len(line) - len(line.lstrip())]
-            out.append(indent + (STUB if cell_type == "code" else MARKDOWN_STUB))
+            around = [name for d_indent, name in defs if d_indent < width]
+            stub = stub_line(exercise, around[-1] if around else None)
+            out.append(indent + (stub if cell_type == "code" else MARKDOWN_STUB))
         elif stripped == END:
             if not inside:
                 raise SolutionMarkerError(f"{where}, line {n}: {END} without a {BEGIN} before it")
@@ -192,6 +220,14 @@ def make_release(solution: Any, lab_id: str | None = None) -> Any:
     nb.nbformat, nb.nbformat_minor = 4, max(5, int(nb.get("nbformat_minor", 5)))
     locked: dict[str, str] = {}
     used_ids: set[str] = set()
+    # Each cell's exercise: the first check("qN") at or after it (the self-check that follows it).
+    exercises: list[str | None] = []
+    upcoming: str | None = None
+    for cell in reversed(nb.cells):
+        m = _CHECK_NAME.search(cell.source) if cell.cell_type == "code" else None
+        upcoming = m.group(1) if m else upcoming
+        exercises.append(upcoming)
+    exercises.reverse()
     for i, cell in enumerate(nb.cells):
         where = f"cell {i}"
         cid = cell.get("id") or f"cell-{i:03d}"
@@ -202,7 +238,7 @@ def make_release(solution: Any, lab_id: str | None = None) -> Any:
         had_solution = False
         if cell.cell_type in ("code", "markdown", "raw"):
             kind = "code" if cell.cell_type == "code" else "markdown"
-            cell.source, had_solution = strip_solutions(cell.source, kind, where)
+            cell.source, had_solution = strip_solutions(cell.source, kind, where, exercises[i])
         if had_solution or cell.cell_type == "code":
             cell.pop("attachments", None)  # an image or file of the answer goes with it
         meta = {}

@@ -199,9 +199,11 @@ def probe_question(request: dict, namespace: dict) -> dict:
     """Evaluate one question's target in ``namespace`` and encode what it gives.
 
     ``request``: ``{"target": name, "kind": "function" | "value", "calls": [{"args": [...],
-    "kwargs": {...}}, ...], "params": [names]}`` with inputs in the grading JSON. Returns
-    ``{"defined": bool, "type": str, "results": [...], "params": {...}}`` where each result is
-    ``{"ok": true, "value": ...}`` or ``{"ok": false, "error": "..."}``.
+    "kwargs": {...}}, ...], "params": [names]}`` with inputs in the grading JSON, and ``"pure":
+    true`` for a question whose function must leave its inputs unchanged. Returns ``{"defined":
+    bool, "type": str, "results": [...], "params": {...}}`` where each result is ``{"ok": true,
+    "value": ...}`` (with ``"inputs_after": {"args": [...], "kwargs": {...}}`` when pure) or
+    ``{"ok": false, "error": "..."}``.
     """
     reply: dict = {"defined": False, "type": "", "results": [], "params": {}}
     for name in request.get("params", []):
@@ -239,7 +241,11 @@ def probe_question(request: dict, namespace: dict) -> dict:
             args = [decode(a) for a in call["args"]]
             kwargs = {k: decode(v) for k, v in call["kwargs"].items()}
             out = obj(*args, **kwargs)
-            reply["results"].append({"ok": True, "value": encode(out)})
+            result = {"ok": True, "value": encode(out)}
+            if request.get("pure"):  # the inputs as the call left them: the grader compares
+                result["inputs_after"] = {"args": [encode(a) for a in args],
+                                          "kwargs": {k: encode(v) for k, v in kwargs.items()}}
+            reply["results"].append(result)
         except KeyboardInterrupt:
             raise  # the runner interrupted a call that ran too long: give up on this question
         except BaseException as err:  # SystemExit too: a student's sys.exit() fails one check

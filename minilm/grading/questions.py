@@ -113,6 +113,7 @@ class Question:
     equal_nan: bool = False
     hint: str = ""
     wrong: tuple = ()
+    pure: bool = False  # function questions: also fail a call that changes its inputs in place
 
     def __post_init__(self) -> None:
         where = f"question {self.name!r}"
@@ -135,6 +136,8 @@ class Question:
                 raise ValueError(f"{where}: answer/choices/params are for value questions")
             if not self.public and not self.hidden:
                 raise ValueError(f"{where}: give public=[...] and/or hidden=[...] inputs")
+            if not isinstance(self.pure, bool):
+                raise ValueError(f"{where}: pure must be True or False, got {self.pure!r}")
             if any(not callable(w) for w in self.wrong):
                 raise ValueError(f"{where}: known-wrong answers of a function question must be functions")
             for c in self.public:
@@ -149,6 +152,8 @@ class Question:
                 raise ValueError(f"{where}: a value question needs exactly one of answer=... or reference=...")
             if self.public or self.hidden:
                 raise ValueError(f"{where}: public/hidden inputs are for function questions")
+            if self.pure:
+                raise ValueError(f"{where}: pure=True is for function questions (a value has no inputs)")
             if self.params and self.reference is None:
                 raise ValueError(f"{where}: params are passed to reference=..., which is missing")
             for p in self.params:
@@ -191,13 +196,19 @@ def function_question(
     atol: float = 1e-9,
     equal_nan: bool = False,
     hint: str = "",
+    pure: bool = False,
 ) -> Question:
-    """A question probing the notebook's function ``target`` against ``reference`` on inputs."""
+    """A question probing the notebook's function ``target`` against ``reference`` on inputs.
+
+    ``pure=True``: a call that changes its inputs in place (``m.mul_(beta1)`` on an argument)
+    fails that check even when what it returns is right; the probe sends back the inputs as they
+    are after the call and the grader compares them with what it sent.
+    """
     public = tuple(_as_case(c, f"question {name!r}") for c in public)
     return Question(
         name=name, points=points, kind="function", target=target, title=title, reference=reference,
         public=public, hidden=tuple(hidden), rtol=rtol, atol=atol, equal_nan=equal_nan, hint=hint,
-        wrong=tuple(wrong),
+        wrong=tuple(wrong), pure=pure,
     )
 
 

@@ -79,6 +79,8 @@ def coarse_reason(check: CheckResult) -> str:
         return "not graded (grader problem)"
     if "not defined" in m:
         return "not defined"
+    if "in place" in m:  # a pure question's check: the result was right, the inputs were changed
+        return "changed its inputs in place"
     return "wrong result"
 
 

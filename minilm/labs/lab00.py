@@ -233,6 +233,15 @@ def _ppl_product(logprobs):
         return float(np.prod(np.exp(logprobs)) ** (-1.0 / len(logprobs)))  # underflows on long texts
 
 
+def _ppl_no_minus(logprobs):
+    return float(np.exp(np.mean(logprobs)))  # the sign dropped: 1 / perplexity
+
+
+def _ppl_negates_in_place(logprobs):
+    logprobs *= -1.0  # the right number, but the caller's log-probabilities are now negated
+    return float(np.exp(np.mean(logprobs)))
+
+
 def _bigram_transposed(tokens, vocab_size, k=0.0):
     return bigram_probs_ref(tokens, vocab_size, k).T.copy()
 
@@ -241,6 +250,22 @@ def _bigram_joint(tokens, vocab_size, k=0.0):
     counts = np.zeros((vocab_size, vocab_size))
     np.add.at(counts, (tokens[:-1], tokens[1:]), 1.0)
     return (counts + k) / (counts + k).sum()  # P(a, b) instead of P(b | a)
+
+
+def _bigram_columns_normalised(tokens, vocab_size, k=0.0):
+    counts = np.zeros((vocab_size, vocab_size))
+    np.add.at(counts, (tokens[:-1], tokens[1:]), 1.0)
+    counts += k
+    with np.errstate(divide="ignore", invalid="ignore"):  # wrong axis: columns sum to one, not rows
+        return np.where(counts.sum(axis=0) > 0, counts / counts.sum(axis=0, keepdims=True), 1.0 / vocab_size)
+
+
+def _bigram_k_not_kv(tokens, vocab_size, k=0.0):
+    counts = np.zeros((vocab_size, vocab_size))
+    np.add.at(counts, (tokens[:-1], tokens[1:]), 1.0)
+    total = counts.sum(axis=1, keepdims=True)  # adds k to the row total once, not once per column
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total + k > 0, (counts + k) / (total + k), 1.0 / vocab_size)
 
 
 def _bigram_ignores_k(tokens, vocab_size, k=0.0):
@@ -266,6 +291,11 @@ def _rate_stationary_entropy(P):
 
 def _rate_bits(P):
     return entropy_rate_ref(P) / math.log(2.0)
+
+
+def _rate_column_entropies(P):
+    with np.errstate(divide="ignore", invalid="ignore"):  # wrong axis: entropies of the columns
+        return float(stationary_ref(P) @ -np.where(P > 0, P * np.log(P), 0.0).sum(axis=0))
 
 
 def _rate_naive_log(P):
@@ -317,9 +347,11 @@ LAB = Lab(
             hidden=[Hidden(_logprobs, n=2, label="random text"),
                     Hidden(_long_logprobs, n=1, label="a 20,000-token text")],
             rtol=1e-9, atol=0.0,
-            hint="exp of minus the MEAN log-probability; never multiply the probabilities (underflow); "
-                 "return a Python float",
-            wrong=[_ppl_sum, _ppl_base2, _ppl_mean_inverse, _ppl_product],
+            hint="perplexity is the geometric mean of 1/p over the tokens, a per-token quantity; the "
+                 "log-probabilities are natural logs, and a product of 20,000 probabilities is 0.0 in "
+                 "floating point. Leave the input array as it was; return a Python float",
+            wrong=[_ppl_sum, _ppl_base2, _ppl_mean_inverse, _ppl_product, _ppl_no_minus, _ppl_negates_in_place],
+            pure=True,
         ),
         function_question(
             "q2", 3, target="bigram_probs", reference=bigram_probs_ref,
@@ -335,7 +367,8 @@ LAB = Lab(
             rtol=1e-9, atol=1e-12,
             hint="rows are the previous token, columns the next; every row sums to one; a row whose "
                  "total count is zero (with k = 0) is the uniform distribution 1/V",
-            wrong=[_bigram_transposed, _bigram_joint, _bigram_ignores_k, _bigram_unseen_zero],
+            wrong=[_bigram_transposed, _bigram_joint, _bigram_ignores_k, _bigram_unseen_zero,
+                   _bigram_columns_normalised, _bigram_k_not_kv],
         ),
         function_question(
             "q3", 3, target="entropy_rate", reference=entropy_rate_ref,
@@ -344,9 +377,12 @@ LAB = Lab(
             hidden=[Hidden(_chain, n=2, label="random chain"),
                     Hidden(_sparse_chain, n=2, label="a chain with impossible transitions")],
             rtol=1e-7, atol=1e-10,
-            hint="weight each row's entropy by the stationary distribution pi = pi P (not uniformly); "
-                 "0 log 0 = 0; natural log; return a Python float",
-            wrong=[_rate_uniform_average, _rate_stationary_entropy, _rate_bits, _rate_naive_log],
+            hint="each row of P is the next-token distribution of one state, and the chain does not "
+                 "visit the states equally often in the long run: how much weight does each row's "
+                 "uncertainty get? Mind impossible transitions (p = 0) and the unit (nats); return a "
+                 "Python float",
+            wrong=[_rate_uniform_average, _rate_stationary_entropy, _rate_bits, _rate_naive_log,
+                   _rate_column_entropies],
         ),
         value_question(
             "q4", 2, target="best_order", reference=best_order_ref,
@@ -365,8 +401,8 @@ LAB = Lab(
             # Integer counts and float64 sums over 20,000 tokens: only the summation order can differ
             # between the notebook and the grader (relative error ~1e-13), far inside rtol=1e-6.
             rtol=1e-6, atol=1e-9,
-            hint="the lowest validation cross-entropy over the orders minus lang.entropy_rate(), in "
-                 "nats, as a Python float",
+            hint="compare the best model's validation loss with the lowest loss any predictor can "
+                 "have on this language (q3's quantity), both in nats, as a Python float",
             wrong=_WRONG_GAP,
         ),
         function_question(
@@ -376,8 +412,9 @@ LAB = Lab(
             hidden=[Hidden(_cheap_wins, n=2, label="the cheapest model wins"),
                     Hidden(_middle_wins, n=2, label="a mid-priced model wins")],
             rtol=0.0, atol=0.0,
-            hint="the budget is the largest FLOP count that every run reached (the smallest final "
-                 "FLOPs); interpolate each loss curve there with np.interp; return the model's name",
+            hint="compare the models at one training budget that every run actually reached; a run "
+                 "need not have a measurement exactly there, so estimate its loss between the two "
+                 "nearest points; return the model's name",
             wrong=[_final_loss_winner, _cheapest_winner, _ratio_winner],
         ),
         choice_question(

@@ -91,6 +91,10 @@ def _loss_log10(N, D, p):
     return p["E"] + p["A"] / np.log10(N) ** p["alpha"] + p["B"] / np.log10(D) ** p["beta"]
 
 
+def _loss_positive_exponents(N, D, p):
+    return p["E"] + p["A"] * N ** p["alpha"] + p["B"] * D ** p["beta"]  # the loss grows with scale
+
+
 def _alloc_no_six(C, p):
     return optimal_allocation_ref(6.0 * np.asarray(C), p)  # C = N D instead of 6 N D
 
@@ -98,6 +102,11 @@ def _alloc_no_six(C, p):
 def _alloc_swapped(C, p):
     N, D = optimal_allocation_ref(C, p)
     return D, N
+
+
+def _alloc_d_without_six(C, p):
+    N, _ = optimal_allocation_ref(C, p)
+    return N, np.asarray(C) / N  # D = C / N: the budget 6 N D is then six times C
 
 
 def _alloc_twenty(C, p):
@@ -232,7 +241,7 @@ LAB = Lab(
             rtol=1e-10, atol=0.0,
             hint="p is a dict with keys E, A, B, alpha, beta; N and D are numpy arrays; return the "
                  "numpy array of losses (alpha goes with N, beta with D)",
-            wrong=[_loss_no_E, _loss_swapped, _loss_log10],
+            wrong=[_loss_no_E, _loss_swapped, _loss_log10, _loss_positive_exponents],
         ),
         function_question(
             "q2", 3, target="optimal_allocation", reference=optimal_allocation_ref,
@@ -242,9 +251,9 @@ LAB = Lab(
             hidden=[Hidden(_budget_case, n=3, label="random law and budgets")],
             # closed form; a student solving it through logs or a root-finder to 1e-10 passes
             rtol=1e-8, atol=0.0,
-            hint="minimise L(N, C/(6N)) over N: alpha A / N^alpha = beta B / D^beta at the optimum; "
-                 "return a tuple (N_opt, D_opt) of numpy arrays with 6 * N_opt * D_opt == C",
-            wrong=[_alloc_no_six, _alloc_swapped, _alloc_twenty, _alloc_exponents_swapped],
+            hint="on the budget line D is fixed by N, so the loss is a function of N alone: where is its "
+                 "derivative zero? Return a tuple (N_opt, D_opt) of numpy arrays that spend exactly C",
+            wrong=[_alloc_no_six, _alloc_swapped, _alloc_twenty, _alloc_exponents_swapped, _alloc_d_without_six],
         ),
         value_question(
             "q3", 2, target="loss_change", reference=loss_change_ref,
@@ -280,9 +289,10 @@ LAB = Lab(
             # optimum by at least 0.016 (mean + SciPy's default tolerances) and 0.05 (least
             # squares). atol 5e-3 sits between the two.
             rtol=0.0, atol=5e-3,
-            hint="sum (not mean) of Huber_1e-3 over log residuals LSE(a - alpha log N, b - beta log D, e) "
-                 "- log L; start L-BFGS-B from the best points of the published grid and run it to "
-                 "tight tolerances (ftol=1e-15, gtol=1e-12); return (E, alpha, beta) as Python floats",
+            hint="Hoffmann et al. 2022, Appendix D.2: which loss makes the two spoiled runs matter "
+                 "little, on which residuals (of L or of log L?), and does the optimiser stop at the "
+                 "optimum or at scipy's default tolerance? A local optimiser needs good starting "
+                 "points; return (E, alpha, beta) as Python floats",
             wrong=[_fit_mean_scipy_tolerance, _fit_least_squares],
         ),
         choice_question(

@@ -65,6 +65,10 @@ def _mask_off_by_one(T, window, sinks):
     return (j <= i) & ((j < sinks) | (i - j <= window))  # window + 1 keys
 
 
+def _mask_transposed(T, window, sinks):
+    return sinks_mask_ref(T, window, sinks).T  # wrong axis: rows are keys, columns queries
+
+
 # --- q2: linear attention as an RNN -------------------------------------------------------------
 
 
@@ -94,6 +98,19 @@ def _la_noncausal(q, k, v, eps=1e-6):
     S = torch.einsum("bhtd,bhte->bhde", fk, v)  # the state after *all* tokens, for every position
     z = fk.sum(dim=2)
     return torch.einsum("bhtd,bhde->bhte", fq, S) / (torch.einsum("bhtd,bhd->bht", fq, z)[..., None] + eps)
+
+
+def _la_output_before_update(q, k, v, eps=1e-6):
+    fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    B, H, T, d = q.shape
+    S, z = q.new_zeros(B, H, d, v.shape[-1]), q.new_zeros(B, H, d)
+    out = torch.empty(B, H, T, v.shape[-1], dtype=q.dtype)
+    for t in range(T):  # off by one position: token t does not attend to itself
+        num = torch.einsum("bhd,bhde->bhe", fq[:, :, t], S)
+        out[:, :, t] = num / (torch.einsum("bhd,bhd->bh", fq[:, :, t], z)[..., None] + eps)
+        S = S + torch.einsum("bhd,bhe->bhde", fk[:, :, t], v[:, :, t])
+        z = z + fk[:, :, t]
+    return out
 
 
 def _la_softmax(q, k, v, eps=1e-6):
@@ -129,6 +146,10 @@ def _slope_semilog(ns, times):
     return float(np.polyfit(np.asarray(ns, float), np.log(np.asarray(times, float)), 1)[0])
 
 
+def _slope_axes_swapped(ns, times):
+    return float(np.polyfit(np.log(np.asarray(times, float)), np.log(np.asarray(ns, float)), 1)[0])  # n on t
+
+
 # --- q4: KV-cache memory ------------------------------------------------------------------------
 
 
@@ -148,6 +169,10 @@ def _kv_keys_only(n_layers, d_model, length, batch=1, bytes_per_element=4):
 
 def _kv_ignores_batch(n_layers, d_model, length, batch=1, bytes_per_element=4):
     return 2 * n_layers * length * d_model * bytes_per_element
+
+
+def _kv_ignores_dtype(n_layers, d_model, length, batch=1, bytes_per_element=4):
+    return 2 * n_layers * batch * length * d_model * 4  # float32 whatever the cache's dtype
 
 
 # --- q5: the sinks cache's memory after the stream ----------------------------------------------
@@ -184,8 +209,10 @@ LAB = Lab(
                     Case(args=(6, 2, 0), label="no sinks: a plain window")],
             hidden=[Hidden(_mask_case, n=3, label="random sizes"), Hidden(_mask_edge_case, n=1, label="window >= T")],
             rtol=0.0, atol=0.0,
-            hint="a (T, T) torch.bool tensor: (j <= i) & ((j < sinks) | (i - j < window)), i the query row",
-            wrong=[_mask_window_only, _mask_noncausal_sinks, _mask_off_by_one],
+            hint="a (T, T) boolean tensor, rows the queries: a query may see a key only if it is not in "
+                 "its future, and then only if it is a sink or among the `window` most recent positions "
+                 "(count them on the public case: does the window include the query itself?)",
+            wrong=[_mask_window_only, _mask_noncausal_sinks, _mask_off_by_one, _mask_transposed],
         ),
         function_question(
             "q2", 3, target="linear_attention_rnn", reference=linear_attention_rnn_ref,
@@ -194,9 +221,10 @@ LAB = Lab(
             hidden=[Hidden(_qkv, n=3, label="random q, k, v")],
             # float32 sums of at most 12 terms in a different order: relative error ~1e-6
             rtol=1e-4, atol=1e-5,
-            hint="phi = elu + 1; S += phi(k_t) v_t^T and z += phi(k_t) *before* the output of step t; "
-                 "out_t = phi(q_t) S / (phi(q_t) . z + eps); return (B, H, T, dv) float32",
-            wrong=[_la_no_denominator, _la_noncausal, _la_softmax],
+            hint="write the causal linear-attention output of token t as a ratio of two sums over "
+                 "tokens <= t (Katharopoulos et al. 2020, eq. 18-20); each sum can be carried as a "
+                 "running state. Does token t attend to itself? Return (B, H, T, dv) float32",
+            wrong=[_la_no_denominator, _la_noncausal, _la_softmax, _la_output_before_update],
         ),
         function_question(
             "q3", 2, target="loglog_slope", reference=loglog_slope_ref,
@@ -204,8 +232,9 @@ LAB = Lab(
             public=[Case(args=([100, 200, 400, 800], [1.0, 4.0, 16.0, 64.0]), label="exactly quadratic")],
             hidden=[Hidden(_timings, n=3, label="noisy timings")],
             rtol=1e-6, atol=1e-9,
-            hint="fit a line to (log n, log t) through all points (np.polyfit(..., 1)), return float(slope)",
-            wrong=[_slope_endpoints, _slope_linear_space, _slope_semilog],
+            hint="t = c n^k is a straight line on log-log axes: use every point, in the right roles "
+                 "(which variable is explained by which?), and return the exponent as a Python float",
+            wrong=[_slope_endpoints, _slope_linear_space, _slope_semilog, _slope_axes_swapped],
         ),
         function_question(
             "q4", 2, target="kv_cache_memory", reference=kv_cache_memory_ref,
@@ -214,15 +243,17 @@ LAB = Lab(
                     Case(args=(32, 4096, 4096), kwargs={"bytes_per_element": 2}, label="Llama-2-7B, fp16, 4k")],
             hidden=[Hidden(_model_shape, n=3, label="random model shapes and batches")],
             rtol=0.0, atol=0.0,
-            hint="keys AND values, for every layer, every sequence of the batch and every token: an int",
-            wrong=[_kv_keys_only, _kv_ignores_batch],
+            hint="list everything the cache stores for one token in one layer, then count how many such "
+                 "entries there are and how many bytes each number takes; return an int",
+            wrong=[_kv_keys_only, _kv_ignores_batch, _kv_ignores_dtype],
         ),
         value_question(
             "q5", 1, target="sinks_cache_bytes", reference=sinks_cache_bytes_ref, params=Q5_DEFAULTS,
             title="The bytes the sinks + window cache holds after your stream",
             # Exact: the byte count of float32 tensors of known shapes, the same on every device.
             rtol=0.0, atol=0.0,
-            hint="read cache_memory['sinks'][-1] (an int), measured after the last token of the stream",
+            hint="measured, not predicted: the sinks policy's memory once the whole stream has gone "
+                 "through, as an int of bytes",
             wrong=[
                 kv_cache_bytes(_D["GPT_LAYERS"], _D["GPT_D"], _D["MEMORY_STREAM"]),  # the keep-all cache
                 kv_cache_bytes(_D["GPT_LAYERS"], _D["GPT_D"], _D["SINKS"] + _D["WINDOW"]),  # guessed, not measured

@@ -15,6 +15,7 @@ Notebooks: ``labs/solutions/03_optimizers.ipynb`` (instructor source) and
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -170,6 +171,21 @@ def _adam_old_moments(param, grad, m, v, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-
     return new_param, b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad * grad
 
 
+def _adam_in_place(param, grad, m, v, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    b1, b2 = betas  # right numbers, but the caller's param, m and v are overwritten
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    param.sub_(lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps))
+    return param, m, v
+
+
+def _adam_step_off_by_one(param, grad, m, v, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    b1, b2 = betas  # counts this step twice: t is already the number of the step being taken
+    m = b1 * m + (1 - b1) * grad
+    v = b2 * v + (1 - b2) * grad * grad
+    return param - lr * (m / (1 - b1 ** (t + 1))) / ((v / (1 - b2 ** (t + 1))).sqrt() + eps), m, v
+
+
 def _max_diagonal(A, n_iter=100, seed=0):
     return float(np.max(np.diag(A)))
 
@@ -180,6 +196,21 @@ def _frobenius(A, n_iter=100, seed=0):
 
 def _one_rayleigh_step(A, n_iter=100, seed=0):
     v = np.ones(len(A)) / np.sqrt(len(A))
+    return float(v @ A @ v)
+
+
+def _power_unnormalised(A, n_iter=100, seed=0):
+    v = np.ones(len(A))
+    for _ in range(n_iter):
+        v = A @ v  # never rescaled: v.Av grows (or shrinks) like lambda^(2 n_iter)
+    return float(v @ A @ v)
+
+
+def _power_too_few_iterations(A, n_iter=100, seed=0):
+    v = np.random.default_rng(seed).normal(size=len(A))
+    for _ in range(5):  # stops long before convergence, whatever n_iter says
+        v = A @ v
+        v /= np.linalg.norm(v)
     return float(v @ A @ v)
 
 
@@ -195,6 +226,10 @@ def _two_over_max_diagonal(H):
     return float(2.0 / np.max(np.diag(H)))
 
 
+def _two_over_frobenius(H):
+    return float(2.0 / np.linalg.norm(H))  # a bound on lambda_max, not lambda_max
+
+
 def _equal_count_bins(counts, n_bins):
     order = torch.sort(-counts, stable=True).indices
     bins = torch.empty_like(counts)
@@ -204,6 +239,19 @@ def _equal_count_bins(counts, n_bins):
 
 def _rare_first_bins(counts, n_bins):
     return n_bins - 1 - frequency_bins(counts, n_bins)
+
+
+def _ties_larger_id_first(counts, n_bins):
+    order = torch.flip(torch.sort(counts, stable=True).indices, [0])   # equal counts: larger id first
+    before = torch.cumsum(counts[order], 0) - counts[order]
+    bins = torch.empty_like(counts)
+    bins[order] = n_bins * before // counts.sum()
+    return bins
+
+
+def _bins_in_id_order(counts, n_bins):
+    before = torch.cumsum(counts, 0) - counts                          # never sorted by frequency
+    return n_bins * before // counts.sum()
 
 
 def _mass_including_self(counts, n_bins):
@@ -223,6 +271,17 @@ def _bin_by_prediction(logits, targets, bins, n_bins):
     return per_bin_loss(logits, logits.argmax(-1), bins, n_bins)
 
 
+def _bin_loss_bits(logits, targets, bins, n_bins):
+    return per_bin_loss(logits, targets, bins, n_bins) / math.log(2.0)  # log2: bits, not nats
+
+
+def _bin_mean_over_all_tokens(logits, targets, bins, n_bins):
+    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    sums = torch.zeros(n_bins).index_add_(0, bins[targets], losses)
+    counts = torch.zeros(n_bins).index_add_(0, bins[targets], torch.ones_like(losses))
+    return torch.where(counts > 0, sums / len(targets), torch.nan)  # divides by N, not the bin's count
+
+
 def _empty_bin_zero(logits, targets, bins, n_bins):
     return torch.nan_to_num(per_bin_loss(logits, targets, bins, n_bins), nan=0.0)
 
@@ -239,7 +298,7 @@ LAB = Lab(
             hidden=[Hidden(_spd_wide_spectrum, n=4, label="random symmetric positive definite H")],
             rtol=1e-6, atol=1e-12,
             hint="along an eigenvector GD multiplies the error by (1 - lr * lambda): which lambda binds?",
-            wrong=[_two_over_lambda_min, _one_over_lambda_max, _two_over_max_diagonal],
+            wrong=[_two_over_lambda_min, _one_over_lambda_max, _two_over_max_diagonal, _two_over_frobenius],
         ),
         function_question(
             "q2", 3, target="lambda_max_power", reference=lambda_max_ref,
@@ -248,8 +307,9 @@ LAB = Lab(
             hidden=[Hidden(_psd_with_gap, n=4, label="random PSD matrices")],
             # 100 iterations at λ₂/λ₁ ≤ 0.7 converge far below 1e-6; float32 work would still pass.
             rtol=1e-5, atol=1e-9,
-            hint="repeat v <- A v / |A v| from a random v, then return the Rayleigh quotient v·Av as a float",
-            wrong=[_max_diagonal, _frobenius, _one_rayleigh_step],
+            hint="multiplying by A again and again amplifies the top eigen-direction most; keep the vector's "
+                 "length under control, and ask which quantity of a unit eigenvector gives its eigenvalue",
+            wrong=[_max_diagonal, _frobenius, _one_rayleigh_step, _power_unnormalised, _power_too_few_iterations],
         ),
         value_question(
             "q3", 2, target="eos_ratio", reference=eos_ratio_ref, params={"SEED": 0, "EOS_STEPS": 600},
@@ -259,8 +319,8 @@ LAB = Lab(
             # device's arithmetic) moved it by < 0.01, and 1 vs 2 CPU threads by 0.005.
             # 0.03 is 6 seed-to-seed standard deviations; the known-wrong answers are > 0.4 away.
             rtol=0.0, atol=0.03,
-            hint="mean of the sharpness readings at steps >= 0.6 * EOS_STEPS of the eta = 0.4 run, "
-                 "divided by 2 / 0.4, as a float",
+            hint="average over the plateau (the late part of the run), not one reading; then compare "
+                 "it with the threshold the stability analysis of q1 gives for this step size",
             # Typical slips, at SEED 0 in fast mode: eta * lambda_max without the 1/2 (~2.1), the raw
             # sharpness not divided by 2/eta (~5.2), the ratio at step 0 instead of the plateau (~0.48).
             wrong=[2.1, 5.2, 0.48],
@@ -278,8 +338,12 @@ LAB = Lab(
             hidden=[Hidden(_adam_case, n=4, label="random tensors, steps and hyper-parameters")],
             # float32 arithmetic in a different order: a few ulps of |param| ~ 1.
             rtol=1e-5, atol=1e-6,
-            hint="update m and v first, divide by (1 - beta**t) for both, and add eps outside the square root",
-            wrong=[_adam_no_bias_correction, _adam_eps_inside_sqrt, _adam_old_moments],
+            hint="follow Algorithm 1 of Kingma & Ba line by line: which moments does step t use, why do "
+                 "they start biased towards zero, and where does eps go? Return new tensors: the "
+                 "caller's inputs must not change",
+            wrong=[_adam_no_bias_correction, _adam_eps_inside_sqrt, _adam_old_moments, _adam_in_place,
+                   _adam_step_off_by_one],
+            pure=True,
         ),
         function_question(
             "q5", 3, target="equal_mass_bins", reference=equal_mass_bins_ref,
@@ -287,8 +351,11 @@ LAB = Lab(
             public=[(torch.tensor([1, 6, 3, 0, 10]), 2), (torch.tensor([5, 5, 5, 5]), 4)],
             hidden=[Hidden(_zipf_counts, n=4, label="heavy-tailed counts")],
             rtol=0.0, atol=0.0,
-            hint="sort by decreasing count (ties: smaller id first); bin = floor(n_bins * mass_before / total)",
-            wrong=[_equal_count_bins, _rare_first_bins, _mass_including_self],
+            hint="equal mass, not an equal number of tokens: a token's bin depends on how much of the "
+                 "total count comes before it in frequency order (ties: the smaller id counts as more "
+                 "frequent), not including its own",
+            wrong=[_equal_count_bins, _rare_first_bins, _mass_including_self, _ties_larger_id_first,
+                   _bins_in_id_order],
         ),
         function_question(
             "q6", 2, target="bin_losses", reference=bin_losses_ref,
@@ -297,8 +364,10 @@ LAB = Lab(
                      torch.tensor([0, 1, 1]), 2)],
             hidden=[Hidden(_bin_loss_case, n=3, label="random logits with an empty bin")],
             rtol=1e-5, atol=1e-6, equal_nan=True,
-            hint="cross_entropy(reduction='none'), then average the losses whose target lies in each bin",
-            wrong=[_bin_sum_not_mean, _bin_by_prediction, _empty_bin_zero],
+            hint="keep one loss per token (in nats), group the tokens by the bin of their *target*, and "
+                 "average within each group; an empty group has no mean",
+            wrong=[_bin_sum_not_mean, _bin_by_prediction, _empty_bin_zero, _bin_loss_bits,
+                   _bin_mean_over_all_tokens],
         ),
         choice_question(
             "q7", 2, target="sgd_fails_on",

@@ -1,7 +1,9 @@
 """The lab runner: ``minilm lab list``, ``minilm lab run NN [--fast|--full]``, and ``setup()``.
 
 ``lab run`` executes a lab notebook headless (the same notebook JupyterLab opens), with a progress
-bar over its cells, and prints the graded summary that the notebook's last cell computes. Fast
+bar over its cells, and prints the graded summary that the notebook's last cell computes, in
+self-study mode (every check run, the real verdict), then the score on a line of its own:
+``score: 15/15 points (fast mode, 93 s)``. Fast
 mode is the notebook's default (``FAST = True`` in its ``parameters`` cell); ``--full`` injects
 ``FAST = False`` right after that cell, as papermill does. ``setup()`` is the first call of every
 lab notebook (``from minilm.labs import setup``).
@@ -21,6 +23,8 @@ from minilm.grading.notebook import is_stale
 from minilm.grading.questions import Lab
 
 _LAB_FILE = re.compile(r"^(\d\d)_([a-z0-9_]+)\.ipynb$")
+# The closing line of check_all() in self-study mode (minilm.grading.selfcheck.total_line).
+_SCORE = re.compile(r"Self-study score: (?P<earned>[-+0-9.e]+)/(?P<total>[0-9.e+]+) points")
 
 
 def labs_dir() -> Path:
@@ -106,8 +110,11 @@ def inject_parameters(nb, params: dict) -> None:
 
 
 def execute_notebook(path: Path, params: dict | None = None, timeout: int | None = 1800, progress: bool = True,
-                     cwd: Path | None = None, out_path: Path | None = None):
-    """Run every cell of a notebook headless (nbclient); returns the executed notebook."""
+                     cwd: Path | None = None, out_path: Path | None = None, env: dict[str, str] | None = None):
+    """Run every cell of a notebook headless (nbclient); returns the executed notebook.
+
+    ``env``: extra environment variables for the kernel (e.g. ``MINILM_MODE``).
+    """
     import nbformat
     from nbclient import NotebookClient
     from tqdm.auto import tqdm
@@ -116,7 +123,7 @@ def execute_notebook(path: Path, params: dict | None = None, timeout: int | None
     if params:
         inject_parameters(nb, params)
     # The kernel (not this process) learns the mode from the environment as well as from FAST.
-    env = {**os.environ, "MINILM_FAST": "0" if params and params.get("FAST") is False else "1"}
+    env = {**os.environ, "MINILM_FAST": "0" if params and params.get("FAST") is False else "1", **(env or {})}
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(cwd or path.parent)}})
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
@@ -144,7 +151,10 @@ def cell_text(cell) -> str:
 
 def run_lab(lab_id: str, fast: bool = True, student: bool = False, progress: bool = True,
             out_path: Path | None = None) -> tuple[object, float]:
-    """Execute a lab (solution by default) and return (executed notebook, seconds)."""
+    """Execute a lab (solution by default) and return (executed notebook, seconds).
+
+    The checks run in self-study mode, whatever ``$MINILM_MODE`` says: the summary is the real score.
+    """
     lab = find_lab(lab_id)
     path = lab.student if student else lab.solution
     if not path.is_file():
@@ -152,8 +162,24 @@ def run_lab(lab_id: str, fast: bool = True, student: bool = False, progress: boo
     t0 = time.perf_counter()
     # Full mode can train for many minutes in one cell on a CPU: no per-cell time limit there.
     nb = execute_notebook(path, params=None if fast else {"FAST": False}, progress=progress, out_path=out_path,
-                          timeout=1800 if fast else None)
+                          timeout=1800 if fast else None, env={"MINILM_MODE": "self"})
     return nb, time.perf_counter() - t0
+
+
+def graded_summary(nb) -> str:
+    """What the lab's graded-summary cell (else its last code cell) printed."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    graded = [c for c in code if "graded-summary" in c.metadata.get("tags", [])]
+    return cell_text(graded[-1]) if graded else (cell_text(code[-1]) if code else "")
+
+
+def score_line(summary: str) -> str:
+    """``score: 15/15 points`` from a self-study summary (its last score line), or why there is none."""
+    found = list(_SCORE.finditer(summary))
+    if not found:
+        return "score: not found (the notebook's last cell printed no self-study score: does it end with check_all()?)"
+    m = found[-1]
+    return f"score: {float(m['earned']):g}/{float(m['total']):g} points"
 
 
 def _cmd_list(args) -> int:
@@ -175,10 +201,9 @@ def _cmd_run(args) -> int:
     except CellExecutionError as err:
         print(f"minilm: the lab stopped with an error:\n{str(err)[-3000:]}")
         return 1
-    graded = [c for c in nb.cells if c.cell_type == "code" and "graded-summary" in c.metadata.get("tags", [])]
-    summary = cell_text(graded[-1]) if graded else cell_text([c for c in nb.cells if c.cell_type == "code"][-1])
+    summary = graded_summary(nb)
     print(summary.rstrip())
-    print(f"({'full' if args.full else 'fast'} mode, {seconds:.0f} s)")
+    print(f"{score_line(summary)} ({'full' if args.full else 'fast'} mode, {seconds:.0f} s)")
     return 0
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from minilm.device import resolve_device
+from minilm.executors import Executor, LocalExecutor
 from minilm.models.gpt import GPT, GPTConfig
-from minilm.schedules import Schedule, constant, wsd_branch
+from minilm.schedules import Schedule, constant, cosine, wsd_branch
 from minilm.train import TrainingDivergedError, train
 
 from .sweep import fast_language, score_loss
@@ -273,32 +274,61 @@ class LRSweep:
         return 2.0 ** logs.mean(axis=1), spread
 
 
+def _lr_sweep_point(job: dict) -> float:
+    """One run of ``lr_sweep`` (module level, so an executor can send it to another process)."""
+    steps = job["steps"]
+    run = train_gpt(job["config"], job["tokens"], job["val_tokens"], vocab_size=job["vocab_size"], steps=steps,
+                    lr=job["lr"], schedule=cosine(steps, job["warmup_steps"], 0.1), batch_size=job["batch_size"],
+                    context_length=job["context_length"], seed=job["seed"], device=job["device"])
+    return run.loss
+
+
+def _run_grid(fn: Callable[[dict], Any], jobs: list[dict], executor: Executor | None, desc: str,
+              progress: bool) -> Iterator[tuple[int, Any]]:
+    """(job index, result) for every job run by ``executor`` (``minilm.executors``; None: this process), with a
+    progress bar over runs; a failed run does not stop the others, and the failures are raised together at the end."""
+    from tqdm.auto import tqdm
+
+    executor = LocalExecutor() if executor is None else executor
+    failures = []
+    with tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
+        for outcome in executor.run(fn, jobs):
+            if outcome.ok:
+                yield outcome.index, outcome.result
+            else:
+                log = f" (log: {outcome.log})" if outcome.log else ""
+                failures.append(f"run {outcome.index}: {outcome.error}{log}")
+            bar.update(1)
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(jobs)} runs of the {desc} failed:\n" + "\n".join(failures))
+
+
 def lr_sweep(base_config: Mapping[str, Any], widths: Sequence[int], lrs: Sequence[float], seeds: Sequence[int], *,
              tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: int, steps: int, base_width: int,
              parametrizations: Sequence[str] = ("standard", "mup"), warmup_steps: int = 0,
              batch_size: int = 16, context_length: int = 32, device: str | torch.device = "cpu",
-             progress: bool = True) -> LRSweep:
+             progress: bool = True, executor: Executor | None = None) -> LRSweep:
     """Train every (parametrization, width, seed, lr) for ``steps`` steps of cosine decay to 10%.
 
     base_config: GPTConfig fields shared by every run (n_layers, n_heads, ...); d_model is the
     width, and "mup" runs get ``base_width`` (μP's width_mult = width / base_width).
+    executor: where the runs train (``minilm.executors``: local worker processes, one per GPU, or a
+    SLURM cluster through submitit); None trains them one after another in this process.
     """
-    from tqdm.auto import tqdm
-
-    from minilm.schedules import cosine
-
     t0 = time.perf_counter()
     loss = np.full((len(parametrizations), len(widths), len(seeds), len(lrs)), np.inf)
-    jobs = [(p, w, s, k) for p in range(len(parametrizations)) for w in range(len(widths))
-            for s in range(len(seeds)) for k in range(len(lrs))]
-    for p, w, s, k in tqdm(jobs, desc="learning-rate sweep", disable=not progress):
+    cells = [(p, w, s, k) for p in range(len(parametrizations)) for w in range(len(widths))
+             for s in range(len(seeds)) for k in range(len(lrs))]
+    jobs = []
+    for p, w, s, k in cells:
         config = {**base_config, "d_model": widths[w], "parametrization": parametrizations[p]}
         if parametrizations[p] == "mup":
             config["base_width"] = base_width
-        run = train_gpt(config, tokens, val_tokens, vocab_size=vocab_size, steps=steps, lr=lrs[k],
-                        schedule=cosine(steps, warmup_steps, 0.1), batch_size=batch_size,
-                        context_length=context_length, seed=seeds[s], device=device)
-        loss[p, w, s, k] = run.loss
+        jobs.append({"config": config, "tokens": tokens, "val_tokens": val_tokens, "vocab_size": vocab_size,
+                     "steps": steps, "lr": lrs[k], "warmup_steps": warmup_steps, "batch_size": batch_size,
+                     "context_length": context_length, "seed": seeds[s], "device": str(device)})
+    for i, run_loss in _run_grid(_lr_sweep_point, jobs, executor, "learning-rate sweep", progress):
+        loss[cells[i]] = run_loss
     return LRSweep(list(parametrizations), list(widths), list(seeds), list(lrs), loss, time.perf_counter() - t0)
 
 
@@ -330,32 +360,44 @@ class BatchLRGrid:
         return out
 
 
+def _batch_lr_point(job: dict) -> tuple[float, list[int], list[float]]:
+    """One run of ``batch_lr_grid``: its final loss and its held-out curve (steps, losses)."""
+    steps = job["steps"]
+    curve = LossCurve(job["val_tokens"], job["every"], job["context_length"])
+    run = train_gpt(job["config"], job["tokens"], job["val_tokens"], vocab_size=job["vocab_size"], steps=steps,
+                    lr=job["lr"], schedule=constant(max(1, steps // 10)), batch_size=job["batch_size"],
+                    context_length=job["context_length"], seed=job["seed"], device=job["device"], curve=curve)
+    return run.loss, list(curve.steps), list(curve.losses)
+
+
 def batch_lr_grid(config: Mapping[str, Any], batch_sizes: Sequence[int], lrs: Sequence[float], *,
                   tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: int, token_budget: int,
                   points: int = 16, context_length: int = 32, seed: int = 0, device: str | torch.device = "cpu",
-                  progress: bool = True) -> BatchLRGrid:
+                  progress: bool = True, executor: Executor | None = None) -> BatchLRGrid:
     """Train every (batch size, lr) on the same ``token_budget`` tokens: fewer, larger steps or
     more, smaller ones. Constant learning rate after a warmup of 10% of the steps, so the loss
     curves show how fast each setting learns (a decay would add its own drop at the end).
     ``points``: held-out losses recorded along each run (at equal token intervals).
+    ``executor``: where the runs train, as in ``lr_sweep``.
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     loss = np.full((len(batch_sizes), len(lrs)), np.inf)
     curves = {}
-    jobs = [(b, k) for b in range(len(batch_sizes)) for k in range(len(lrs))]
-    for b, k in tqdm(jobs, desc="batch size x learning rate", disable=not progress):
+    cells = [(b, k) for b in range(len(batch_sizes)) for k in range(len(lrs))]
+    jobs = []
+    for b, k in cells:
         steps = token_budget // (batch_sizes[b] * context_length)
         if steps < 10:
             raise ValueError(f"batch size {batch_sizes[b]} gets only {steps} steps of the {token_budget}-token "
                              "budget: raise token_budget or drop that batch size")
-        curve = LossCurve(val_tokens, max(1, steps // points), context_length)
-        run = train_gpt(config, tokens, val_tokens, vocab_size=vocab_size, steps=steps, lr=lrs[k],
-                        schedule=constant(max(1, steps // 10)), batch_size=batch_sizes[b],
-                        context_length=context_length, seed=seed, device=device, curve=curve)
-        loss[b, k] = run.loss
-        seen = np.array(curve.steps, dtype=float) * batch_sizes[b] * context_length
-        curves[(b, k)] = (seen, np.array(curve.losses, dtype=float))
+        jobs.append({"config": dict(config), "tokens": tokens, "val_tokens": val_tokens, "vocab_size": vocab_size,
+                     "steps": steps, "lr": lrs[k], "batch_size": batch_sizes[b], "context_length": context_length,
+                     "seed": seed, "device": str(device), "every": max(1, steps // points)})
+    for i, (run_loss, curve_steps, curve_losses) in _run_grid(_batch_lr_point, jobs, executor,
+                                                              "batch size x learning rate", progress):
+        b, k = cells[i]
+        loss[b, k] = run_loss
+        seen = np.array(curve_steps, dtype=float) * batch_sizes[b] * context_length
+        curves[(b, k)] = (seen, np.array(curve_losses, dtype=float))
     return BatchLRGrid(list(batch_sizes), list(lrs), token_budget, context_length, loss, curves,
                        time.perf_counter() - t0)
