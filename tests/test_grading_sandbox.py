@@ -671,3 +671,27 @@ def test_a_kernel_that_fails_to_start_is_tried_once_more(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):  # twice: the submission is then marked crashed by the parent
         runner.Runner(config, events.append)._start_kernel()
     assert len(calls) == 2
+
+
+def test_an_install_under_a_private_folder_is_bound_back_read_only(tmp_path):
+    """A clone or interpreter under /tmp (CI's checkouts often are) stays visible in the sandbox, read-only,
+    although the sandbox's /tmp is a fresh tmpfs; the hidden folders inside it stay hidden."""
+    clone, out = tmp_path / "clone", tmp_path / "clone" / "out"
+    out.mkdir(parents=True)
+    (out / "grades.csv").write_text("secret")
+    argv = sandbox.bwrap_argv("bwrap", [], [str(out)], [str(clone), "/usr"], chdir="/")
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
+    assert os.path.realpath(clone) in binds and "/usr" not in binds  # /usr is visible through / already
+    tmpfs = [i for i, a in enumerate(argv) if a == "--tmpfs" and argv[i + 1] == os.path.realpath(out)]
+    assert tmpfs and max(tmpfs) > argv.index(os.path.realpath(clone))  # hidden again after the bind
+    bwrap, why = sandbox.find_bwrap()
+    if bwrap is None:
+        _skip(why)
+    tool = tmp_path / "clone" / "tool.sh"
+    tool.write_text("#!/bin/sh\necho inside\n")
+    tool.chmod(0o755)
+    argv = sandbox.bwrap_argv(bwrap, [], [str(out)], [str(tool.parent)], chdir="/")
+    done = subprocess.run([*argv, "--", str(tool)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "inside", done.stderr
+    peek = subprocess.run([*argv, "--", "ls", "-A", str(out)], capture_output=True, text=True, timeout=60)
+    assert peek.returncode == 0 and peek.stdout.strip() == "", peek.stdout  # the hidden folder is empty inside

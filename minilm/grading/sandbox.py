@@ -230,8 +230,9 @@ BWRAP_INSTALL = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap;
 # Namespaces: PID (the first process's death ends every descendant), network (none but loopback),
 # IPC, UTS, cgroup, user where available. The filesystem is read-only; /tmp, /dev/shm and /run are
 # private and empty; --new-session stops a student from pushing keystrokes into the grader's terminal.
+_PRIVATE = ("/tmp", "/dev/shm", "/run")  # an empty tmpfs in every sandbox
 _BWRAP_BASE = ("--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--proc", "/proc",
-               "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--tmpfs", "/run")
+               "--dev", "/dev", *(arg for folder in _PRIVATE for arg in ("--tmpfs", folder)))
 _BWRAP_WORKS: dict[tuple, tuple[str | None, str]] = {}
 BWRAP_PROTECTIONS = ("bubblewrap sandbox: own PID namespace (no student process outlives its submission), "
                      "no network, read-only filesystem except the job folder, private /tmp, the grader's output "
@@ -286,7 +287,8 @@ def bwrap_argv(bwrap: str, writable: list[str], hidden: list[str], needed: list[
     real = lambda p: os.path.realpath(p)  # noqa: E731 - bwrap resolves symlinks of destinations itself
     hide = sorted({real(h) for h in hidden if h and os.path.isdir(h) and real(h) != "/"})
     keep = sorted({real(n) for n in needed if n and os.path.exists(n)})
-    keep = [k for k in keep if any(_under(k, h) for h in hide)]
+    # what lies under a hidden folder or a private one (an interpreter or a clone under /tmp) is bound back
+    keep = [k for k in keep if any(_under(k, h) for h in (*hide, *_PRIVATE))]
     argv = [bwrap, *_BWRAP_BASE]
     for h in hide:
         argv += ["--tmpfs", h]
