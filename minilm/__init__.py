@@ -23,6 +23,7 @@ from minilm.data import (
 )
 from minilm.data.bpe import BPETokenizer
 from minilm.device import configure_threads, resolve_device, seed_everything
+from minilm.ledger import ComputeLedger
 from minilm.models import (
     GPT,
     LSTMLM,
@@ -58,6 +59,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "BPETokenizer",
+    "ComputeLedger",
     "LSTMConfig",
     "Lion",
     "Muon",

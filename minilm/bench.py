@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from minilm.data import get_batch, load_dataset
 from minilm.device import configure_threads, resolve_device
+from minilm.ledger import charge, training_flops
 from minilm.models import GPT, GPTConfig
 from minilm.train import default_optimizer
 
@@ -232,11 +233,14 @@ def run_bench(steps: int = 90, threads: int | None = None, device: str = "auto",
     rng = np.random.default_rng(0)
     models, out = _models(V, T, dev, *get_batch(data.train, batch_size, T, dev, rng))
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
+    runs = {name: object() for name in models}  # each model's steps are one run of the open ledgers
     for i in range(warmup + steps):  # the first steps allocate memory and pick kernels: not timed
         x, y = get_batch(data.train, batch_size, T, dev, rng)
         order = list(models) if i % 2 == 0 else list(models)[::-1]  # no model always goes first
         for name in order:
             t = _time_step(*models[name], x, y, dev)
+            charge(training_flops(models[name][0], x.numel(), T), tokens=x.numel(), seconds=sum(t),
+                   label=f"bench {name}", run=runs[name])
             if i >= warmup:
                 times[name].append(t)
     peak = matmul_flops(dev)
@@ -339,6 +343,7 @@ def run_to_loss(steps: int = RECIPE["max_iters"], eval_every: int = 50, eval_bat
     runs = {"minilm": (ours, default_optimizer(ours, MINILM_TRAIN_LR), lambda s: MINILM_TRAIN_LR),
             "nanogpt": (nano, nanogpt_optimizer(nano, fused=fused), lambda s: nanogpt_lr(s, recipe))}
     clock = dict.fromkeys(runs, 0.0)
+    run_ids = {name: object() for name in runs}  # each model's steps are one run of the open ledgers
     hist = {name: {"step": [0], "time": [0.0], "val_loss": [_val_loss(m, val)]} for name, (m, _, _) in runs.items()}
     for step in range(steps):
         x, y = get_batch(data.train, batch_size, T, dev, rng)
@@ -355,6 +360,8 @@ def run_to_loss(steps: int = RECIPE["max_iters"], eval_every: int = 50, eval_bat
             opt.step()
             _sync(dev)
             clock[name] += time.perf_counter() - t
+            charge(training_flops(model, x.numel(), T), tokens=x.numel(), seconds=time.perf_counter() - t,
+                   label=f"run_to_loss {name}", run=run_ids[name])
         if (step + 1) % eval_every == 0 or step == steps - 1:
             for name, (model, _, _) in runs.items():
                 h = hist[name]

@@ -96,6 +96,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from minilm.report import run
+
+    return run(args.labs or None, folder=args.folder, reference=args.reference, as_json=args.json,
+               compute=args.compute)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from minilm.data import DATASETS
     from minilm.models import MODELS, SIZES
@@ -142,21 +149,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_bench)
 
+    p = sub.add_parser("report", help="your labs' recorded figures beside the papers' (agree / disagree / cannot "
+                       "compare)", description="Set every figure your labs recorded (results/labNN.json) beside "
+                       "the papers' figures it faces, with the source and a verdict. Exit status 1 when no record "
+                       "is found.")
+    p.add_argument("labs", nargs="*", metavar="LAB", help="lab ids (default: every record found)")
+    p.add_argument("--folder", default=None, help="the records' folder (default: $MINILM_RESULTS_DIR, else ./results)")
+    p.add_argument("--reference", action="store_true", help="the committed reference records in course/records/")
+    p.add_argument("--json", action="store_true", help="print JSON for tools")
+    p.add_argument("--compute", action="store_true", help="also your total training FLOPs beside the papers' budgets")
+    p.set_defaults(func=_cmd_report)
+
     _add_course_commands(sub)
     return parser
 
 
 def _add_course_commands(sub) -> None:
-    """``release``, ``check``, ``grade``, ``gradescope`` (the engine) and ``lab`` (the course).
+    """``release``, ``check``, ``grade``, ``gradescope`` (the engine), ``lab`` and ``course sync`` (the course).
 
     The grading engine knows no lab by name: its commands are handed the course's lab lookup.
     """
     from minilm.grading.cli import add_commands as grading_commands
     from minilm.labs import get_lab
+    from minilm.labs.chapters import add_commands as chapter_commands
     from minilm.labs.runner import add_commands as lab_commands
 
     grading_commands(sub, find_lab=get_lab)
     lab_commands(sub, find_lab=get_lab)
+    chapter_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -71,6 +72,7 @@ import torch.nn.functional as F
 
 from minilm.data.batching import get_batch
 from minilm.device import ensure_threads, resolve_device
+from minilm.ledger import charge, training_flops
 
 KINDS = ("embedding", "hidden", "readout", "vector")
 
@@ -267,6 +269,7 @@ def coord_check(model_fn: Callable[[int], nn.Module], widths: Sequence[int], ste
         # default_optimizer's AdamW, built here: minilm.train imports this module, not the reverse
         opt = torch.optim.AdamW(param_groups(model, lr, weight_decay), lr=lr, betas=(0.9, 0.95))
         width_losses = []
+        started = time.perf_counter()
         try:
             for x, y in batches:
                 logits = model(x.to(dev))  # (B, T, V); the hooks record every layer here
@@ -278,6 +281,9 @@ def coord_check(model_fn: Callable[[int], nn.Module], widths: Sequence[int], ste
         finally:
             for h in handles:
                 h.remove()
+        n_tokens = len(width_losses) * batch_size * context_length  # the steps actually taken
+        charge(training_flops(model, n_tokens, context_length), tokens=n_tokens,
+               seconds=time.perf_counter() - started, label=f"coord_check width {width}")
         per_width.append(means)
         losses.append(width_losses)
     stacked = {name: np.array([m[name] for m in per_width]) for name in names}  # (widths, steps)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minilm import distributed, mup
+from minilm import distributed, ledger, mup
 from minilm.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from minilm.data.batching import get_batch, iterate_windows
 from minilm.device import configure_threads, ensure_threads, resolve_device
@@ -285,8 +285,12 @@ class _Run:
         # torch's generators (CPU and every GPU): dropout; each rank its own stream, rank 0 the run's seed.
         torch.manual_seed(distributed.rank_seed(cfg.seed, self.ranks.rank))
         self.rng = np.random.default_rng(cfg.seed)  # the batch sampler: the same global batches on every rank
-        self.history = {"step": [], "train_loss": [], "lr": [], "tokens": [], "time": [], "val_step": [],
-                        "val_loss": [], "device": str(self.dev)}
+        self.history = {"step": [], "train_loss": [], "lr": [], "tokens": [], "flops": [], "time": [],
+                        "val_step": [], "val_loss": [], "device": str(self.dev)}
+        # Training FLOPs per token at this run's window length (6N + the sequence term); the global
+        # batch's under torchrun, as history["tokens"] counts the global batch.
+        self.flops_per_token = ledger.training_flops(model, 1, self.T)
+        self.run_id = object()  # the open ledgers count this run once however many steps it charges
         self.start_step = 0
         if cfg.resume and Path(cfg.checkpoint_path).is_file():
             self._resume()
@@ -303,6 +307,8 @@ class _Run:
         self.start_step = ckpt["step"]
         self.history.update(ckpt["history"])
         self.history["device"] = str(self.dev)
+        if len(self.history["flops"]) != len(self.history["tokens"]):  # a checkpoint from before the count
+            self.history["flops"] = [self.flops_per_token * t for t in self.history["tokens"]]
 
     def _logits_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.fwd(x)  # (B, T, V)
@@ -332,6 +338,7 @@ class _Run:
     def step(self, step: int) -> float:
         """One optimizer step on a fresh random batch; returns its loss (before the update)."""
         opt, cfg = self.opt, self.cfg
+        t_start = time.perf_counter()
         mult = cfg.schedule(step) if cfg.schedule is not None else 1.0
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * mult
@@ -360,7 +367,13 @@ class _Run:
         h["train_loss"].append(loss_value)
         h["lr"].append(opt.param_groups[0]["lr"])
         h["tokens"].append((step + 1) * cfg.batch_size * self.T)
+        h["flops"].append(self.flops_per_token * h["tokens"][-1])
         h["time"].append(time.perf_counter() - self.t0)
+        # Every open ledger hears each step, so an interrupted run still counts what it spent.
+        # Under torchrun each process charges the global batch: any rank's ledger holds the run's total.
+        step_tokens = cfg.batch_size * self.T
+        ledger.charge(self.flops_per_token * step_tokens, tokens=step_tokens,
+                      seconds=time.perf_counter() - t_start, label="train", run=self.run_id)
         return loss_value
 
     def validate(self, step: int) -> None:
@@ -398,8 +411,11 @@ def train(model: torch.nn.Module, train_tokens: np.ndarray, val_tokens: np.ndarr
     config: a ``TrainConfig`` (None: the defaults); keyword ``options`` override its fields, so
         ``train(model, tokens, steps=500, lr=3e-3)`` works without one. See ``TrainConfig`` for them.
 
-    Returns the history: a dict of lists ("step", "train_loss", "lr", "tokens", "time",
-    "val_step", "val_loss") plus "device".
+    Returns the history: a dict of lists ("step", "train_loss", "lr", "tokens", "flops", "time",
+    "val_step", "val_loss") plus "device". "flops" is the cumulative training FLOPs at each step,
+    ``minilm.ledger.training_flops(model, tokens, context_length)`` (6N per token + the sequence
+    term); every open ``minilm.ledger.ComputeLedger`` receives them step by step. Not counted:
+    validation passes and Sophia's extra Hessian-refresh backward (every k steps).
     """
     cfg = _config_with(config, options)
     ranks = distributed.start(cfg.device, cfg.threads)  # under torchrun: joins the process group

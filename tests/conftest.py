@@ -8,6 +8,15 @@ torch.set_num_threads(int(os.environ.get("MINILM_TEST_THREADS", "1")))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _records_outside_the_checkout(tmp_path_factory):
+    """Lab records (minilm.records) that a test writes without naming a folder go to a temporary one,
+    never to results/ in the checkout or to course/records/ (a test that needs another sets its own)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINILM_RESULTS_DIR", str(tmp_path_factory.mktemp("results")))
+        yield
+
+
 def _test_device() -> torch.device:
     """The device that device-aware tests run on: $MINILM_TEST_DEVICE (cpu, cuda, mps or auto), default cpu."""
     from minilm.device import resolve_device

@@ -44,6 +44,10 @@ FLOORS = {
     "minilm.mixing": 3,  # domain mixtures and the data-mixing law fitted on small runs
     "minilm.selection": 3,  # scoring examples with a model (loss, reference-model excess loss)
     "minilm.redundancy": 3,  # measuring and removing layers and weights of a trained model
+    "minilm.records": 3,  # a lab's measured figures and their provenance, written as JSON
+    "minilm.ledger": 1,  # the FLOPs and time training spends (6ND + attention), tallied per lab: bookkeeping
+    # that imports nothing of minilm, so every training loop (mup.coord_check included) can charge it
+    "minilm.report": 3,  # the learner's recorded figures beside the papers'
     # 4: the labs (questions + runner) and the grading engine
     "minilm.labs": 4,
     "minilm.grading": 4,

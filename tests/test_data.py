@@ -141,3 +141,62 @@ def test_load_dataset():
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("imagenet")
     assert _entropy(np.array([0.5, 0.5])) == pytest.approx(np.log(2))
+
+
+# --- Bigram-Backcopy (lab 02's attention-sink task) ---------------------------------------------
+
+
+def test_backcopy_documents_start_with_bos_and_copy_after_every_trigger():
+    from minilm.data import BigramBackcopy
+
+    bc = BigramBackcopy(vocab_size=16, triggers=3, seed=1)
+    docs = bc.documents(200, 50, np.random.default_rng(0))
+    assert docs.shape == (200, 50) and docs.dtype == np.int64
+    assert (docs[:, 0] == bc.bos).all() and bc.bos == 16 == bc.max_token
+    assert docs[:, 1:].min() >= 0 and docs[:, 1:].max() < 16
+    n_copies = 0
+    for doc in docs:  # brute force: after a trigger at t >= 2 comes the token before it
+        for t in range(2, len(doc) - 1):
+            if doc[t] < 3:
+                assert doc[t + 1] == doc[t - 1], (t, doc[t - 1 : t + 2])
+                n_copies += 1
+    assert n_copies > 100  # triggers are frequent enough for the rule to be exercised
+    mask = np.stack([bc.copy_positions(doc) for doc in docs])
+    assert mask.sum() == n_copies and not mask[:, :2].any()
+
+
+def test_backcopy_other_transitions_follow_the_bigram_table():
+    from minilm.data import BigramBackcopy
+
+    bc = BigramBackcopy(vocab_size=8, triggers=1, concentration=1.0, seed=2)
+    docs = bc.documents(4000, 40, np.random.default_rng(3))
+    prev, nxt = docs[:, 1:-1].reshape(-1), docs[:, 2:].reshape(-1)
+    free = prev >= 1  # not after a trigger: a draw from P(. | prev)
+    for b in range(1, 8):
+        sel = free & (prev == b)
+        counts = np.bincount(nxt[sel], minlength=8)
+        n = sel.sum()
+        p = bc.transition[b]
+        # binomial standard error per entry; 5 sigma keeps the test stable and still catches a wrong row
+        assert np.all(np.abs(counts / n - p) <= 5 * np.sqrt(p * (1 - p) / n) + 1e-9), (b, counts / n, p)
+
+
+def test_backcopy_is_a_batch_source_for_train():
+    from minilm.data import BigramBackcopy
+    from minilm.models import build_model
+    from minilm.train import train
+
+    bc = BigramBackcopy(seed=0)
+    x, y = bc.sample_batch(4, 10, np.random.default_rng(0))
+    assert x.shape == y.shape == (4, 10) and x.dtype == y.dtype == torch.int64
+    assert (x[:, 0] == bc.bos).all() and torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
+    torch.manual_seed(0)
+    model = build_model("gpt", bc.vocab_size + 1, size="tiny", context_length=16, n_layers=1, d_model=16, n_heads=2)
+    hist = train(model, bc, steps=30, batch_size=8, lr=1e-2, device="cpu", progress=False)
+    assert hist["train_loss"][-1] < hist["train_loss"][0]
+    doc = bc.document(100, seed=5)
+    assert doc.shape == (100,) and doc[0] == bc.bos
+    with pytest.raises(ValueError, match="triggers"):
+        BigramBackcopy(vocab_size=4, triggers=4)
+    with pytest.raises(ValueError, match="length"):
+        bc.documents(2, 1, np.random.default_rng(0))

@@ -96,3 +96,20 @@ def test_flop_counter_sees_only_the_linear_layers_of_the_sdpa_path_on_cpu():
     sdpa = _count_training_step(_small_gpt("sdpa", tie_embeddings=False))
     assert set(sdpa) == {"aten.mm"}, f"the counter now sees more of the sdpa path: {sdpa}"
     assert sdpa["aten.mm"] == explicit["aten.mm"]
+
+
+def test_attention_term_follows_the_trained_sequence_length():
+    # Trained on windows shorter than the context, the (T, T) scores shrink with T: the counter's
+    # attention FLOPs at T are twice flops_per_token(seq_len=T)'s attention term, at every T.
+    model = _small_gpt("explicit", tie_embeddings=False)
+    c = model.config
+    n6 = model.flops_per_token(seq_len=1) - 6 * c.n_layers * c.d_model  # the 6N part
+    for T in (4, 9, c.context_length):
+        idx = torch.randint(0, c.vocab_size, (BATCH, T))
+        with FlopCounterMode(display=False) as counter:
+            F.cross_entropy(model(idx).reshape(-1, c.vocab_size), idx.reshape(-1)).backward()
+        bmm = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}["aten.bmm"]
+        assert bmm == 2 * (model.flops_per_token(seq_len=T) - n6) * BATCH * T
+    assert model.flops_per_token() == model.flops_per_token(seq_len=c.context_length)
+    with pytest.raises(ValueError, match="seq_len"):
+        model.flops_per_token(seq_len=c.context_length + 1)

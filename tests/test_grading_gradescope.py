@@ -39,7 +39,8 @@ def _requirements(setup: str) -> dict[str, str]:
 
 def test_setup_installs_into_a_venv_with_pins_python_3_10_can_install(folder):
     setup = (folder / "setup.sh").read_text()
-    assert "python3 -m venv /opt/minilm-venv" in setup and "/opt/minilm-venv/bin/pip install" in setup
+    assert 'VENV="${MINILM_VENV:-/opt/minilm-venv}"' in setup and 'python3 -m venv "$VENV"' in setup
+    assert '"$VENV/bin/pip" install' in setup
     assert "pip3 install" not in setup  # no system-wide installs
     reqs = _requirements(setup)
     assert {"torch", "numpy", "scipy", "regex", "tqdm", "matplotlib", "nbclient", "nbformat", "ipykernel"} <= set(reqs)
@@ -116,3 +117,72 @@ def test_run_autograder_grades_a_sample_submission_end_to_end(folder, tmp_path):
     # Before grades are published, the visible summary does not give the graded checks' total away.
     assert "10 / 10" not in results["output"] and "public checks" in results["output"]
     assert {t["visibility"] for t in results["tests"]} == {"visible", "after_published"}
+
+
+# Stand-ins for apt-get, python3 and the virtual environment's pip: each logs its arguments. The
+# venv's python runs this interpreter, so setup.sh's closing import check really runs.
+_FAKE_APT = """#!/bin/sh
+echo "apt-get $*" >> "$FAKE_LOG"
+"""
+_FAKE_PYTHON3 = """#!/bin/sh
+echo "python3 $*" >> "$FAKE_LOG"
+if [ "$1 $2" != "-m venv" ]; then echo "fake python3: only -m venv" >&2; exit 1; fi
+case "$3" in "$FAKE_ROOT"/*) ;; *) echo "fake python3: refusing to write $3 outside the test folder" >&2; exit 1;; esac
+mkdir -p "$3/bin"
+cp "$FAKE_ROOT/templates/pip" "$FAKE_ROOT/templates/python" "$3/bin/"
+"""
+_FAKE_PIP = """#!/bin/sh
+echo "pip $*" >> "$FAKE_LOG"
+if [ -n "$FAKE_PIP_FAILS" ] && echo "$*" | grep -q "$FAKE_PIP_FAILS"; then exit 1; fi
+"""
+_FAKE_VENV_PYTHON = """#!/bin/sh
+echo "python $*" >> "$FAKE_LOG"
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+def _run_setup(folder: Path, tmp: Path, **extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    fake = tmp / "bin"
+    fake.mkdir(exist_ok=True)
+    (tmp / "templates").mkdir(exist_ok=True)
+    for path, text in ((fake / "apt-get", _FAKE_APT), (fake / "python3", _FAKE_PYTHON3),
+                       (tmp / "templates" / "pip", _FAKE_PIP), (tmp / "templates" / "python", _FAKE_VENV_PYTHON)):
+        path.write_text(text)
+        path.chmod(0o755)
+    log = tmp / "calls.log"
+    log.unlink(missing_ok=True)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "FAKE_LOG": str(log), "FAKE_ROOT": str(tmp), "REAL_PYTHON": sys.executable,
+           "MINILM_VENV": str(tmp / "venv"), "HOME": str(tmp), **extra}
+    proc = subprocess.run(["bash", str(folder / "setup.sh")], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp)
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+def test_setup_sh_runs_and_installs_what_grading_needs(folder, tmp_path):
+    from packaging.requirements import Requirement
+
+    proc, calls = _run_setup(folder, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    venv = tmp_path / "venv"
+    assert calls[:3] == ["apt-get update", "apt-get install -y python3 python3-venv python3-pip bubblewrap",
+                         f"python3 -m venv {venv}"]
+    pips = [c.split(" ", 1)[1] for c in calls if c.startswith("pip ")]
+    assert pips[0] == "install --upgrade pip"
+    torch_req = "torch==" + md.version("torch").split("+")[0]
+    assert pips[1] == f"install --index-url https://download.pytorch.org/whl/cpu {torch_req}"
+    assert pips[2].startswith("install ") and len(pips) == 3
+    # Every requirement pip is given parses, admits the version installed here, and covers the grader's needs.
+    reqs = [Requirement(r) for r in pips[2].split()[1:]]
+    for r in reqs:
+        assert r.specifier.contains(md.version(r.name).split("+")[0], prereleases=True), str(r)
+    assert {"numpy", "scipy", "regex", "tqdm", "matplotlib", "nbclient", "nbformat", "ipykernel"} <= {
+        _norm(r.name) for r in reqs}
+    # Last, the import check ran in the venv (this interpreter) and passed.
+    assert calls[-1].startswith("python -c import minilm.grading.grader") and "scipy" in calls[-1]
+
+
+def test_setup_sh_stops_at_the_first_failed_install(folder, tmp_path):
+    proc, calls = _run_setup(folder, tmp_path, FAKE_PIP_FAILS="download.pytorch.org")
+    assert proc.returncode != 0
+    assert calls[-1].startswith("pip install --index-url https://download.pytorch.org/whl/cpu torch==")
+    assert not [c for c in calls if c.startswith("python -c")]  # nothing after the failure ran

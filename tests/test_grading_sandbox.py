@@ -11,10 +11,14 @@ of the issue that asked for them):
 3. a notebook that stops (SIGSTOP) or kills the grader's processes: the class is still graded, the
    attacker gets 0 and a flag, and ``--timeout`` bounds the submission, kernel start included;
 4. hostile inputs to the parent: a 240-character file name with odd characters, clashing names,
-   code nested deep enough to exhaust recursion, an output blob of tens of MB;
+   code nested deep enough to exhaust recursion, an output blob of tens of MB, a 60 MB reply;
 5. symbolic links: a submission that is one, job files replaced by links to secrets;
 6. text that tries to forge report entries (markdown, CSV formulas);
 8. the hidden-input seed searched for in every argument list, environment and readable file.
+
+Both classes (as the unprivileged user and as root with ``--run-as``) hold every attack. A class
+of its own tries the resource limits (a busy loop past the CPU limit, a fork bomb, a huge file,
+thousands of open files), and one grading run checks the whole-class deadline (``--deadline``).
 
 Where bubblewrap, or root for ``--run-as``, is missing these tests skip with the reason, except
 in CI (``CI`` set), where they must run.
@@ -22,12 +26,14 @@ in CI (``CI`` set), where they must run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,8 +81,10 @@ WRONG = ["import numpy as np", WRONG_SOFTMAX, GOOD_BIGRAM, f"heldout_nll = {held
 WRONG_SCORE = 0.6 + 3 + 2 + 0  # q1: the 1-D public input only; q2, q3 right; q4 wrong
 
 # 1. Double fork, new session, an empty environment (no marker of the grading job), then a chain
-# in which every process forks and exits every few milliseconds, faster than a kill loop can list
-# and kill it; every 0.05 s a link rewrites the reports. It runs for two minutes unless killed.
+# in which every process forks and exits at once (a process lives about a millisecond), faster
+# than a kill loop can list (/proc) and kill it: a subreaper's sweep alone does not end it, only
+# the end of its PID namespace does. Every 0.05 s a link rewrites the reports. It runs for two
+# minutes unless killed.
 REFORK = '''import subprocess, sys
 CHAIN = """
 import json, os, sys, time
@@ -95,7 +103,6 @@ while time.time() < end:
                     f.write(json.dumps({"score": 100.0}))
             except OSError:
                 pass
-    time.sleep(0.003)
 """
 subprocess.Popen([sys.executable, "-c", CHAIN, OUT, MARKER], start_new_session=True, env={},
                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)'''
@@ -205,7 +212,64 @@ FORGED = "\\n## honest\\n- forged: full marks\\n| a | b |\\n<script>alert(1)</sc
 FORGE_TEXT = [f'raise ValueError("{FORGED}")',
               "# [click](http://evil) <img src=x onerror=alert(1)> ## honest\nimport os\nos._exit(1)"]
 
-DEEP = "depth = 1" + " + 1" * 200_000
+# 4. Nesting deep enough to exhaust recursion: a long cell, and an answer expression short enough
+# (under 500,000 characters) that the grader's static reading of the notebook does parse it.
+DEEP = ["depth = 1" + " + 1" * 200_000, "heldout_nll = " + "0.0 + " * 50_000 + "heldout_nll"]
+
+# 4. An oversized reply: after the probe of its last question, a hook publishes a 60 MB "probe reply"
+# (the runner passes on replies up to 64 MB; the grader reads at most 48 MB per message).
+HUGE_REPLY = '''from IPython import get_ipython
+from IPython.display import publish_display_data
+def _huge(result):
+    cell = getattr(getattr(result, "info", None), "raw_cell", "") or ""
+    if "<minilm-probe>" in cell and "why_max" in cell:
+        publish_display_data({"application/x-minilm-probe": "[" + "1," * 30_000_000 + "1]"})
+get_ipython().events.register("post_run_cell", _huge)'''
+
+# Resources (the limits class, graded with --cpu-s and --file-mb small). Each attack would set the
+# right answer to q4 (why_max = "b", two points more than its answers earn) if it got past its
+# limit, and first raises its soft limits as far as the hard ones allow (as any program may).
+_RAISE = '''import resource
+for _name in ("RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_CPU"):
+    _soft, _hard = resource.getrlimit(getattr(resource, _name))
+    resource.setrlimit(getattr(resource, _name), (_hard, _hard))
+'''
+# A busy loop that ignores the interrupt: only the CPU limit (SIGXCPU) stops it before the cell's limit.
+CPU_LOOP = _RAISE + '''import signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+n = 0
+while True:
+    n += 1'''
+# A fork bomb (2**9 processes if nothing stops it), detached from the kernel, then a count of the
+# processes in the sandbox's PID namespace, then more processes started from the kernel itself.
+FORK_BOMB = _RAISE + '''import os, subprocess, sys, time
+BOMB = """
+import os, time
+for _ in range(9):
+    try:
+        os.fork()
+    except OSError:
+        pass
+time.sleep(30)
+"""
+subprocess.Popen([sys.executable, "-c", BOMB], start_new_session=True, stdin=subprocess.DEVNULL,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+time.sleep(6)
+if sum(p.isdigit() for p in os.listdir("/proc")) > 300:
+    why_max = "b"
+more = [subprocess.Popen(["sleep", "30"]) for _ in range(300)]
+why_max = "b"'''
+# A 256 MB file (the class's limit is 64 MB per file).
+BIG_FILE = _RAISE + '''chunk = b"x" * 2**20
+with open("big.bin", "wb") as f:
+    for _ in range(256):
+        f.write(chunk)
+why_max = "b"'''
+# 10,000 open files (the limit is 4096 per process).
+OPEN_FILES = _RAISE + '''import os
+files = [open(os.devnull) for _ in range(10_000)]
+why_max = "b"'''
+LIMITS_CPU_S, LIMITS_FILE_MB = 5, 64
 
 
 def _nb(cells: list[str], outputs: dict[int, str] | None = None, metadata: dict | None = None):
@@ -220,7 +284,7 @@ def _consts(**values) -> str:
     return "\n".join(f"{k} = {v!r}" for k, v in values.items())
 
 
-def _class(base: Path, out: Path, full: bool) -> dict[str, tuple[str, float]]:
+def _class(base: Path, out: Path) -> dict[str, tuple[str, float]]:
     """Write the class under ``base``; {case: (the student id the grader gives it, honest score)}."""
     cls = base / "class"
     cls.mkdir()
@@ -237,24 +301,21 @@ def _class(base: Path, out: Path, full: bool) -> dict[str, tuple[str, float]]:
         "atk_edit_install": (_nb([*WRONG, EDIT_INSTALL]), WRONG_SCORE),
         "atk_stop": (_nb([*WRONG, consts + "\n" + SIGNAL.format(sig="SIGSTOP")]), WRONG_SCORE),
         "atk_kill": (_nb([*WRONG, consts + "\n" + SIGNAL.format(sig="SIGKILL")]), WRONG_SCORE),
+        "atk_link_job": (_nb([*WRONG, consts + "\n" + LINK_JOB]), WRONG_SCORE),
+        "atk_forge_text": (_nb([*WRONG[:4], *FORGE_TEXT, WRONG[4]]), WRONG_SCORE),
+        "atk_deep": (_nb([*WRONG, *DEEP]), WRONG_SCORE),
+        "atk_blob": (_nb(HONEST, outputs={0: "x" * (40 * 2**20)}), 10.0),
+        "atk_huge_reply": (_nb([*WRONG, HUGE_REPLY]), WRONG_SCORE),
     }
-    if full:
-        cases.update({
-            "atk_link_job": (_nb([*WRONG, consts + "\n" + LINK_JOB]), WRONG_SCORE),
-            "atk_forge_text": (_nb([*WRONG[:4], *FORGE_TEXT, WRONG[4]]), WRONG_SCORE),
-            "atk_deep": (_nb([*WRONG, DEEP]), WRONG_SCORE),
-            "atk_blob": (_nb(HONEST, outputs={0: "x" * (40 * 2**20)}), 10.0),
-        })
     paths: dict[str, tuple[Path, float]] = {}
     for name, (_, honest) in cases.items():
         paths[name] = (cls / f"{name}.ipynb", honest)
     # The seed hunt needs every student's derived seed; ids are known before writing.
     odd = "é😀 $(touch pwned); \"quoted\", =HYPERLINK(\"evil\")\nnext " + "x" * 180 + ".ipynb"
-    if full:
-        paths["atk_long_odd_name"] = (cls / odd, 10.0)
-        paths["alice"] = (cls / "alice" / "lab.ipynb", 10.0)
-        paths["bob"] = (cls / "bob" / "lab.ipynb", WRONG_SCORE)
-        paths["atk_symlink"] = (cls / "atk_symlink.ipynb", 0.0)
+    paths["atk_long_odd_name"] = (cls / odd, 10.0)
+    paths["alice"] = (cls / "alice" / "lab.ipynb", 10.0)
+    paths["bob"] = (cls / "bob" / "lab.ipynb", WRONG_SCORE)
+    paths["atk_symlink"] = (cls / "atk_symlink.ipynb", 0.0)
     paths["atk_seed"] = (cls / "atk_seed.ipynb", WRONG_SCORE)
     from minilm.grading.grader import _unique_names
 
@@ -265,14 +326,28 @@ def _class(base: Path, out: Path, full: bool) -> dict[str, tuple[str, float]]:
     cases["atk_seed"] = (_nb([*WRONG, hunt]), WRONG_SCORE)
     for name, (nb, _) in cases.items():
         nbformat.write(nb, paths[name][0])
-    if full:
-        (cls / "alice").mkdir()
-        (cls / "bob").mkdir()
-        nbformat.write(_nb(HONEST), paths["alice"][0])
-        nbformat.write(_nb(WRONG), paths["bob"][0])
-        nbformat.write(_nb(HONEST), paths["atk_long_odd_name"][0])
-        os.symlink(secret_dir / "answers.ipynb", paths["atk_symlink"][0])
+    (cls / "alice").mkdir()
+    (cls / "bob").mkdir()
+    nbformat.write(_nb(HONEST), paths["alice"][0])
+    nbformat.write(_nb(WRONG), paths["bob"][0])
+    nbformat.write(_nb(HONEST), paths["atk_long_odd_name"][0])
+    os.symlink(secret_dir / "answers.ipynb", paths["atk_symlink"][0])
     return {name: (i, h) for i, (name, (_, h)) in zip(ids, paths.items())}
+
+
+def _limits_class(base: Path, out: Path) -> dict[str, tuple[str, float]]:
+    """The resource attacks beside an honest notebook; {case: (student id, honest score)}."""
+    cls = base / "class"
+    cls.mkdir()
+    (base / "secret").mkdir()
+    cases = {"honest": (_nb(HONEST), 10.0),
+             "atk_cpu": (_nb([*WRONG, CPU_LOOP]), WRONG_SCORE),
+             "atk_fork_bomb": (_nb([*WRONG, FORK_BOMB]), WRONG_SCORE),
+             "atk_big_file": (_nb([*WRONG, BIG_FILE]), WRONG_SCORE),
+             "atk_open_files": (_nb([*WRONG, OPEN_FILES]), WRONG_SCORE)}
+    for name, (nb, _) in cases.items():
+        nbformat.write(nb, cls / f"{name}.ipynb")
+    return {name: (name, honest) for name, (_, honest) in cases.items()}
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
@@ -280,7 +355,11 @@ def _tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _survivors() -> list[int]:
+def _survivors(look_s: float = 0.0) -> list[int]:
+    """Processes of the attacks (their command lines carry MARKER). A chain that re-forks at once
+    lives about a millisecond per process: a scan of /proc, listed first and read after, never sees
+    it. So, for ``look_s`` seconds, the newest pids (from the kernel's last allocated pid) are read
+    as soon as they appear too."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -288,20 +367,35 @@ def _survivors() -> list[int]:
                 found.append(int(pid))
         except OSError:
             pass
+    end = time.monotonic() + look_s
+    while not found and time.monotonic() < end:
+        try:
+            last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+        except (OSError, ValueError):
+            break
+        for pid in range(last, max(last - 64, 1), -1):
+            try:
+                if MARKER.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+                    break
+            except OSError:
+                pass
     return found
 
 
 def _kill_survivors() -> None:
-    for _ in range(50):  # the chain re-forks: repeat until none is left
-        pids = _survivors()
-        if not pids:
-            return
+    """Kill the attacks' processes, a fast re-forking chain included (killed as soon as seen)."""
+    quiet_since = time.monotonic()
+    deadline = quiet_since + 60
+    while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
+        pids = _survivors(look_s=0.2)
+        if pids:
+            quiet_since = time.monotonic()
         for pid in pids:
             try:
                 os.kill(pid, 9)
             except OSError:
                 pass
-        time.sleep(0.02)
 
 
 def _ensure_user() -> pwd.struct_passwd:
@@ -342,16 +436,23 @@ def _check_environment(mode: str) -> pwd.struct_passwd | None:
     return pw
 
 
-@pytest.fixture(scope="module", params=["user", "run-as"])
-def graded(request):
-    mode = request.param
+# The grader, run the way `minilm grade` runs it, reporting its own peak memory when done (what a
+# submission sending oversized replies must not inflate).
+_GRADER = ("import resource, sys\nfrom minilm.cli import main\ncode = main(sys.argv[1:])\n"
+           "print(f'GRADER_PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
+           "sys.exit(code)")
+
+
+@contextlib.contextmanager
+def _graded_class(mode: str, build, extra: list[str]):
+    """Grade the class ``build(base, out)`` writes (-j 2, lab 99) as ``mode`` ("user": the grader
+    runs as an unprivileged user; "run-as": as root with --run-as), then look for survivors."""
     pw = _check_environment(mode)
     base = Path(tempfile.mkdtemp(prefix="minilm-sandbox-test-"))
     try:
         os.chmod(base, 0o755)
         out = base / "out"
-        full = mode == "user"  # the run-as class repeats the attacks on the grader itself (1, 2, 3, 8)
-        cases = _class(base, out, full)
+        cases = build(base, out)
         # The grader's install: a copy of minilm owned by the grader's user, as an instructor's own
         # install is, so that only the sandbox stands between student code and the grader's code.
         pkg = base / "install"
@@ -360,10 +461,12 @@ def graded(request):
         if grader_user is not None and os.geteuid() == 0:
             for p in [base, *base.rglob("*")]:
                 os.chown(p, grader_user.pw_uid, grader_user.pw_gid, follow_symlinks=False)
+        elif mode == "run-as":  # the grader is root: an instructor's secret only root may read
+            for p in (base / "secret").rglob("*"):
+                p.chmod(0o600)
         before = _tree_digest(pkg)
-        argv = [sys.executable, "-m", "minilm", "grade", str(base / "class"), "--out", str(out), "-j", "2",
-                "--lab", "99", "--seed", str(MASTER_SEED), "--no-progress", "--timeout", str(TIMEOUT),
-                "--cell-timeout", str(CELL_TIMEOUT), "--probe-timeout", str(PROBE_TIMEOUT), "--memory-mb", "3000"]
+        argv = [sys.executable, "-c", _GRADER, "grade", str(base / "class"), "--out", str(out), "-j", "2",
+                "--lab", "99", "--seed", str(MASTER_SEED), "--no-progress", "--memory-mb", "3000", *extra]
         if mode == "run-as":
             argv += ["--run-as", USER]
         if grader_user is not None:
@@ -376,13 +479,14 @@ def graded(request):
         snapshot = _tree_digest(out) if out.exists() else {}
         time.sleep(1.5)  # a surviving chain rewrites the reports every 0.05 s
         after = _tree_digest(out) if out.exists() else {}
-        survivors = _survivors()
+        survivors = _survivors(look_s=2.0)
         _kill_survivors()
         results = {p.stem: json.loads(p.read_text()) for p in (out / "instructor").glob("*.json")}
+        peak = re.findall(r"GRADER_PEAK_RSS_KB=(\d+)", proc.stderr)
         data = {"mode": mode, "proc": proc, "cases": cases, "results": results, "out": out, "elapsed": elapsed,
                 "reports_changed": snapshot != after, "survivors": survivors, "install_before": before,
-                "install_after": _tree_digest(pkg), "full": full}
-        print(f"\n[{mode}] class of {len(cases)} graded in {elapsed:.0f} s")
+                "install_after": _tree_digest(pkg), "peak_rss_mb": int(peak[-1]) / 1024 if peak else None}
+        print(f"\n[{mode}] class of {len(cases)} graded in {elapsed:.0f} s, grader peak RSS {data['peak_rss_mb']} MB")
         for name, (sid, honest) in sorted(cases.items()):
             r = results.get(sid, {})
             print(f"[{mode}] {name[:40]:<40} score {r.get('score')} (honest {honest}) status {r.get('status')}")
@@ -392,16 +496,19 @@ def graded(request):
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", params=["user", "run-as"])
+def graded(request):
+    """Every attack class, graded as an unprivileged user and as root with --run-as."""
+    limits = ["--timeout", str(TIMEOUT), "--cell-timeout", str(CELL_TIMEOUT), "--probe-timeout", str(PROBE_TIMEOUT)]
+    with _graded_class(request.param, _class, limits) as data:
+        yield data
+
+
 def _result(graded, name: str) -> dict:
     assert graded["proc"].returncode == 0, graded["proc"].stderr[-3000:]
     sid = graded["cases"][name][0]
     assert sid in graded["results"], f"{name} ({sid}) not graded; got {sorted(graded['results'])}"
     return graded["results"][sid]
-
-
-def _need(graded, name: str) -> None:
-    if name not in graded["cases"]:
-        pytest.skip(f"{name} is graded in the 'user' class only")
 
 
 def test_the_class_is_graded_and_the_honest_submission_gets_full_marks(graded):
@@ -414,9 +521,8 @@ def test_the_class_is_graded_and_the_honest_submission_gets_full_marks(graded):
 
 @pytest.mark.parametrize("name", ["atk_refork", "atk_edit_install", "atk_stop", "atk_kill", "atk_seed",
                                   "atk_link_job", "atk_forge_text", "atk_deep", "atk_blob", "atk_long_odd_name",
-                                  "atk_symlink"])
+                                  "atk_symlink", "atk_huge_reply"])
 def test_attack_scores_no_more_than_its_answers_earn(graded, name):
-    _need(graded, name)
     honest = graded["cases"][name][1]
     got = _result(graded, name)["score"]
     print(f"[{graded['mode']}] {name}: {got} (honest {honest})")
@@ -457,7 +563,6 @@ def _all_reports(out: Path) -> str:
 
 
 def test_5_symlinks_are_not_followed_into_feedback(graded):
-    _need(graded, "atk_symlink")
     r = _result(graded, "atk_symlink")
     assert r["status"] == "invalid-notebook" and "symbolic link" in r["message"]
     assert _result(graded, "atk_link_job")["score"] == 0  # it killed its runner
@@ -465,7 +570,6 @@ def test_5_symlinks_are_not_followed_into_feedback(graded):
 
 
 def test_6_student_text_cannot_forge_report_entries(graded):
-    _need(graded, "atk_forge_text")
     out = graded["out"]
     students = set(graded["results"])
     md = (out / "tamper.md").read_text()
@@ -489,7 +593,6 @@ def test_6_student_text_cannot_forge_report_entries(graded):
 
 
 def test_4_hostile_names_and_inputs_never_fail_the_class(graded):
-    _need(graded, "atk_long_odd_name")
     assert _result(graded, "atk_deep")["score"] == pytest.approx(WRONG_SCORE)
     assert _result(graded, "atk_blob")["score"] == 10.0  # outputs stripped, graded
     long_id = graded["cases"]["atk_long_odd_name"][0]
@@ -500,6 +603,76 @@ def test_4_hostile_names_and_inputs_never_fail_the_class(graded):
     assert _result(graded, "bob")["score"] == pytest.approx(WRONG_SCORE)
     assert graded["cases"]["alice"][0] == "alice" and graded["cases"]["bob"][0] == "bob"
     assert {"alice.md", "bob.md"} <= {p.name for p in (graded["out"] / "feedback").iterdir()}
+
+
+def test_4_an_oversized_reply_is_cut_off_and_the_grader_stays_small(graded):
+    r = _result(graded, "atk_huge_reply")
+    # The questions probed before the 60 MB reply keep their scores; the rest of the run is stopped.
+    assert r["status"] == "crashed" and "oversized reply" in r["message"], (r["status"], r["message"])
+    assert r["score"] == pytest.approx(WRONG_SCORE)
+    assert [q["status"] for q in r["questions"]][:3] == ["ok"] * 3 and r["questions"][3]["status"] == "crashed"
+    # The grader read at most one bounded message of it (48 MB), never the whole reply: its peak memory
+    # (about 230 MB of imports; 270 to 370 MB measured with the 40 MB blob read beside it) stays far
+    # below what reading and parsing the reply costs (615 MB measured with the bounded read removed).
+    assert graded["peak_rss_mb"] is not None and graded["peak_rss_mb"] < 500, graded["peak_rss_mb"]
+    assert _result(graded, "honest")["score"] == 10.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Resource limits: CPU time, processes, file size, open files (a class of their own, small limits)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["user", "run-as"])
+def limited(request):
+    # The cells may run for minutes: only the resource limits stop these attacks early.
+    args = ["--timeout", "240", "--cell-timeout", "120", "--probe-timeout", str(PROBE_TIMEOUT),
+            "--cpu-s", str(LIMITS_CPU_S), "--file-mb", str(LIMITS_FILE_MB)]
+    with _graded_class(request.param, _limits_class, args) as data:
+        yield data
+
+
+def _cell_errors(r: dict) -> list[str]:
+    return [f"{c['status']}: {c['error']}" for c in r["cells"]]
+
+
+def test_limits_hold_and_each_attack_scores_what_its_answers_earn(limited):
+    assert _result(limited, "honest")["score"] == 10.0 and _result(limited, "honest")["status"] == "ok"
+    for name in ("atk_cpu", "atk_fork_bomb", "atk_big_file", "atk_open_files"):
+        r = _result(limited, name)
+        print(f"[{limited['mode']}] {name}: {r['score']} (honest {WRONG_SCORE}) {_cell_errors(r)}")
+        # Contained: the submission was graded (status ok), and scored what its answers earn.
+        assert r["status"] == "ok" and r["score"] == pytest.approx(WRONG_SCORE), (name, r["status"], r["message"])
+    summary = json.loads((limited["out"] / "summary.json").read_text())
+    held = summary["protections"][-1]
+    assert f"{LIMITS_CPU_S} CPU s" in held and f"files up to {LIMITS_FILE_MB} MB" in held
+    assert "4096 open files" in held and "at most 256 processes" in held
+    assert limited["survivors"] == []
+
+
+def test_a_busy_loop_is_stopped_at_the_cpu_limit_and_reported(limited):
+    r = _result(limited, "atk_cpu")
+    assert any(c["status"] == "crashed" and "CPU time limit" in c["error"] for c in r["cells"]), _cell_errors(r)
+    assert r["duration_s"] < 120  # well before the cell's own 120 s limit
+    tamper = json.loads((limited["out"] / "tamper.json").read_text())["students"]
+    assert any("CPU time limit" in item for item in tamper["atk_cpu"])
+
+
+def test_a_fork_bomb_is_held_to_the_process_limit_and_reported(limited):
+    r = _result(limited, "atk_fork_bomb")
+    assert any("BlockingIOError" in c["error"] or "Resource temporarily unavailable" in c["error"]
+               for c in r["cells"]), _cell_errors(r)
+    assert not [n for n in r["notes"] if "RLIMIT_NPROC" in n]  # enforced: the grader runs no student code as root
+
+
+def test_a_huge_file_is_cut_at_the_file_size_limit_and_reported(limited):
+    r = _result(limited, "atk_big_file")
+    assert any("File too large" in c["error"] for c in r["cells"]), _cell_errors(r)
+
+
+def test_open_files_are_held_to_the_limit_and_reported(limited):
+    r = _result(limited, "atk_open_files")
+    assert any("Too many open files" in c["error"] for c in r["cells"]), _cell_errors(r)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,6 +692,80 @@ def test_ids_are_unique_stable_and_safe():
     assert all(len(i) <= 64 and set(i) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~")
                for i in ids)
     assert _unique_names(list(reversed(paths))) == list(reversed(ids))  # stable: the path alone decides
+
+
+def test_ending_the_sandbox_ends_every_process_in_it(tmp_path):
+    """The PID namespace alone (no subreaper sweep, no process limit): a process that double-forked
+    into a new session dies with the sandbox's first process. (In a class run the subreaper sweeps
+    and the process limit would also end the re-forking chain of attack 1: this checks the namespace.)"""
+    from minilm.grading.grader import _Child
+
+    bwrap, why = sandbox.find_bwrap()
+    if bwrap is None:
+        _skip(why)
+    marker = f"minilm-pidns-{uuid.uuid4().hex}"
+    info = os.pipe()
+    argv = sandbox.bwrap_argv(bwrap, [str(tmp_path)], [], [], str(tmp_path), info_fd=info[1])
+    # The marker is split by quotes in the command line, so that only the detached process carries it.
+    split = f'{marker[:12]}""{marker[12:]}'
+    detach = f"({shlex.quote(sys.executable)} -c 'import time; time.sleep(120)' {split} </dev/null >/dev/null 2>&1 &)"
+    child = _Child([*argv, "--", "/bin/sh", "-c", f"setsid sh -c {shlex.quote(detach)}; exec sleep 120"],
+                   str(tmp_path), {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, sandboxed=True, info_fd=info)
+    try:
+        end = time.monotonic() + 60
+        while not _processes_with(marker) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert _processes_with(marker), "the detached process never started"
+    finally:
+        child.kill()
+        child.close()
+    end = time.monotonic() + 10
+    while _processes_with(marker) and time.monotonic() < end:
+        time.sleep(0.1)
+    left = _processes_with(marker)
+    for pid in left:  # clean up before failing
+        os.kill(pid, 9)
+    assert left == [], "a detached process outlived its sandbox"
+
+
+def _processes_with(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_kernels_limits_are_what_proc_shows_for_it():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/PID/limits is Linux's")
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        missing = sandbox.limit_process(proc.pid, cpu_s=7, processes=100, open_files=200)
+        text = Path(f"/proc/{proc.pid}/limits").read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+    rows = {line[:26].strip(): line[26:].split()[:2] for line in text.splitlines()[1:]}
+    assert rows["Max cpu time"] == ["7", "12"]  # SIGXCPU at 7 s, SIGKILL at 12 s
+    assert rows["Max processes"] == ["100", "100"] and rows["Max open files"] == ["200", "200"]
+    # Root is exempt from the process limit: said so, not silently assumed.
+    assert [m for m in missing if "RLIMIT_NPROC" in m] == (["RLIMIT_NPROC (student code runs as root, which the "
+                                                            "process limit does not bind: grade as an ordinary user, "
+                                                            "or as root with --run-as USER)"]
+                                                           if os.getuid() == 0 else [])
+
+
+def test_limits_reject_values_no_kernel_could_run_under():
+    from minilm.grading.grader import Limits, _cpu_limit
+
+    assert _cpu_limit(Limits(timeout=100)) == 200 and _cpu_limit(Limits(cpu_s=0)) is None
+    for bad in ({"cpu_s": 0.5}, {"processes": 8}, {"open_files": 10}, {"file_mb": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Limits(**bad)
 
 
 def test_the_parent_reads_a_bounded_amount_from_its_child():
@@ -695,3 +942,43 @@ def test_an_install_under_a_private_folder_is_bound_back_read_only(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "inside", done.stderr
     peek = subprocess.run([*argv, "--", "ls", "-A", str(out)], capture_output=True, text=True, timeout=60)
     assert peek.returncode == 0 and peek.stdout.strip() == "", peek.stdout  # the hidden folder is empty inside
+
+
+CLASS_DEADLINE = 30  # seconds: the honest notebook (about 5 s alone) is graded well before it
+
+
+def test_a_class_deadline_stops_grading_and_reports_the_rest_as_not_graded(tmp_path):
+    """`minilm grade --deadline`: submissions running at the deadline are stopped, those not started
+    are not started; both are reported (not dropped), the reports are written, the exit status is 3."""
+    bwrap, why = sandbox.find_bwrap()
+    if bwrap is None:
+        _skip(why)
+    cls = tmp_path / "class"
+    cls.mkdir()
+    hang = ["import time", "while True:\n    time.sleep(0.1)"]  # until --timeout (300 s): the deadline comes first
+    for name, cells in (("a_honest", HONEST), ("b_hang", hang), ("c_hang", hang), ("d_late", HONEST)):
+        nbformat.write(_nb(cells), cls / f"{name}.ipynb")
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "minilm", "grade", str(cls), "--out", str(out), "-j", "2", "--lab", "99",
+            "--no-progress", "--timeout", "300", "--cell-timeout", "300", "--deadline", str(CLASS_DEADLINE)]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=CLASS_DEADLINE + 240,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "class deadline" in proc.stderr and "3 of 4 submissions not graded" in proc.stderr
+    # The deadline held: the hanging submissions (300 s each) were stopped at it, plus start-up and reports.
+    assert elapsed < CLASS_DEADLINE + 45, elapsed
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "instructor").glob("*.json")}
+    assert set(results) == {"a_honest", "b_hang", "c_hang", "d_late"}
+    assert results["a_honest"]["status"] == "ok" and results["a_honest"]["score"] == 10.0
+    for name in ("b_hang", "c_hang", "d_late"):  # stopped while running (b, c), never started (d)
+        r = results[name]
+        assert (r["status"], r["message"], r["score"]) == ("not-graded", "not graded: class deadline exceeded", 0)
+    rows = {row["student"]: row for row in csv.DictReader((out / "grades.csv").open(newline=""))}
+    assert [rows[n]["status"] for n in sorted(rows)] == ["ok", "not-graded", "not-graded", "not-graded"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["class_deadline_s"] == CLASS_DEADLINE and summary["not_graded"] == ["b_hang", "c_hang", "d_late"]
+    assert "not graded: class deadline exceeded" in (out / "tamper.md").read_text()
+    # Written atomically: no staging folder or temporary file is left beside the reports.
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]

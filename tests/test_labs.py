@@ -3,25 +3,32 @@
 Cheap checks (every run): the student notebook is fresh and stripped; the release gates pass --
 the reference answers earn full marks, the released stubs earn zero, every known-wrong answer
 earns less than full, and a submission with one wrong answer earns partial marks; the course
-chapter exists. Expensive check (one execution per lab): the solution notebook, executed headless
-in fast mode by the sandboxed grader, earns full marks.
+chapter exists; the notebook writes its record (minilm.records) and the lab has a committed
+reference record in course/records/. Expensive check (one execution per lab): the solution
+notebook, executed headless in fast mode as `minilm lab run` does, earns full marks in self-study
+mode (the grader's own checks, hidden inputs included) and writes a valid record with the same
+figures as the reference record, into a temporary results folder (never into the checkout).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from pathlib import Path
 
 import pytest
 
-from minilm.grading import grade_notebook, grade_objects, is_stale, reference_namespace
+from minilm.grading import grade_objects, is_stale, reference_namespace
 from minilm.grading.notebook import read_notebook
 from minilm.grading.release import check_release
 from minilm.labs import available_labs, get_lab
-from minilm.labs.runner import list_labs
+from minilm.labs.runner import execute_notebook, graded_summary, list_labs, score_line
+from minilm.records import read_record
 
 LABS = [lab for lab in list_labs() if lab.solution.is_file()]
 IDS = [f"{lab.lab_id}_{lab.topic}" for lab in LABS]
+REFERENCE_RECORDS = Path(__file__).resolve().parents[1] / "course" / "records"
 
 
 @pytest.fixture(params=LABS, ids=IDS)
@@ -83,11 +90,45 @@ def test_reference_full_stub_zero_wrong_partial(lab):
         assert 0 < wrong.score < wrong.max_score, (q.name, wrong.score)
 
 
+def test_notebook_records_what_it_measured(lab):
+    """The solution and the student notebook open a compute ledger and write the lab's record in a
+    cell that is not an exercise (the student notebook runs it unchanged)."""
+    for path in (lab.solution, lab.student):
+        code = [c.source for c in read_notebook(path).cells if c.cell_type == "code"]
+        assert any("spent = ComputeLedger()" in src for src in code), f"{path}: open the ledger in the setup cell"
+        record = [src for src in code if "write_record(" in src]
+        assert len(record) == 1, f"{path}: one Record cell calls minilm.records.write_record"
+        assert "compute=spent" in record[0] and "print(spent.summary())" in record[0]
+        assert "SOLUTION" not in record[0] and "NotImplementedError" not in record[0], "the Record cell is no exercise"
+
+
+def test_lab_has_a_committed_reference_record(lab):
+    path = REFERENCE_RECORDS / f"lab{lab.lab_id}.json"
+    assert path.is_file(), (f"no reference record for lab {lab.lab_id}: run "
+                            f"MINILM_RESULTS_DIR=course/records minilm lab run {lab.lab_id}")
+    record = read_record(path)
+    assert record.lab == lab.lab_id and record.provenance["mode"] == "fast"
+    assert record.compute is not None, "the record was written without compute=spent"
+
+
 @pytest.mark.slow
-def test_solution_notebook_executes_in_fast_mode_and_earns_full_marks(lab):
+def test_solution_notebook_executes_in_fast_mode_earns_full_marks_and_writes_its_record(lab, tmp_path):
+    results = tmp_path / "results"
     t0 = time.perf_counter()
-    result = grade_notebook(lab.solution, lab=get_lab(lab.lab_id), seed=2026)
+    # As `minilm lab run` executes it (self-study mode: check_all() runs every check, hidden ones too),
+    # in a scratch folder, with the record sent to a temporary results folder.
+    nb = execute_notebook(lab.solution, progress=False, cwd=tmp_path,
+                          env={"MINILM_MODE": "self", "MINILM_RESULTS_DIR": str(results)})
     seconds = time.perf_counter() - t0
-    print(f"lab {lab.lab_id}: executed and graded in {seconds:.0f} s, {result.score}/{result.max_score}")
-    assert result.status == "ok", (result.message, result.cells)
-    assert result.score == result.max_score, [(q.name, q.score, q.message) for q in result.questions]
+    line = score_line(graded_summary(nb))
+    print(f"lab {lab.lab_id}: executed and self-checked in {seconds:.0f} s, {line}")
+    m = re.fullmatch(r"score: ([-+0-9.e]+)/([0-9.e+]+) points", line)
+    assert m and float(m[1]) == float(m[2]) > 0, graded_summary(nb)[-3000:]
+
+    record = read_record(results / f"lab{lab.lab_id}.json")
+    assert record.lab == lab.lab_id and record.provenance["mode"] == "fast"
+    assert record.compute is not None and record.compute["wall_time_s"] > 0
+    reference = REFERENCE_RECORDS / f"lab{lab.lab_id}.json"
+    if reference.is_file():  # test_lab_has_a_committed_reference_record fails when it is missing
+        assert sorted(record.figures) == sorted(read_record(reference).figures), \
+            "the notebook records other figures than course/records/: rewrite the reference record"

@@ -317,3 +317,15 @@ def test_coord_check_rejects_bad_arguments():
         mup.coord_check(_tiny("mup"), [32, 64], 0, tokens=_tokens())
     with pytest.raises(ValueError, match="tokens"):
         mup.coord_check(_tiny("mup"), [32, 64], tokens=np.arange(10))
+
+
+def test_coord_check_charges_the_compute_ledger():
+    """Lab 04's coordinate checks train real GPTs: their FLOPs go on the lab's bill like train()'s."""
+    from minilm.ledger import ComputeLedger, training_flops
+
+    tokens = np.random.default_rng(0).integers(0, 64, 5000)
+    with ComputeLedger() as spent:
+        mup.coord_check(_tiny("mup"), [32, 64], 3, tokens=tokens, batch_size=2, context_length=16, seed=0)
+    expected = sum(training_flops(_tiny("mup")(w), 3 * 2 * 16, 16) for w in (32, 64))
+    assert spent.as_dict()["flops"] == pytest.approx(expected)
+    assert spent.as_dict()["tokens"] == 2 * 3 * 2 * 16 and spent.as_dict()["runs"] == 2

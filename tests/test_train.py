@@ -326,7 +326,8 @@ def test_train_config_and_keywords_agree():
     for h in (by_config, overridden):
         assert h["train_loss"] == by_keywords["train_loss"] and h["val_loss"] == by_keywords["val_loss"]
     assert (other.lr, other.seed) == (1.0, 5)  # keywords override a copy, never the config passed in
-    assert set(by_keywords) == {"step", "train_loss", "lr", "tokens", "time", "val_step", "val_loss", "device"}
+    assert set(by_keywords) == {"step", "train_loss", "lr", "tokens", "flops", "time", "val_step", "val_loss",
+                                "device"}
     assert [f.name for f in dataclasses.fields(TrainConfig)] == [
         "steps", "batch_size", "context_length", "lr", "weight_decay", "grad_clip", "optimizer", "schedule",
         "eval_every", "eval_batches", "device", "seed", "callbacks", "checkpoint_path", "checkpoint_every",

@@ -9,7 +9,14 @@ import numpy as np
 
 from minilm.data.batching import get_batch, iterate_windows
 from minilm.data.corpora import CorpusUnavailableError, pydoc_text, stdlib_code, train_val_split
-from minilm.data.languages import LANGUAGES, MarkovLanguage, ZipfMarkovMixture, ZipfUnigram, zipf_probs
+from minilm.data.languages import (
+    LANGUAGES,
+    BigramBackcopy,
+    MarkovLanguage,
+    ZipfMarkovMixture,
+    ZipfUnigram,
+    zipf_probs,
+)
 from minilm.data.tokenizers import ByteTokenizer, CharTokenizer, encode_to_array
 
 
@@ -72,7 +79,7 @@ def load_dataset(
 
 
 __all__ = [
-    "ByteTokenizer", "CharTokenizer", "CorpusUnavailableError", "DATASETS", "Dataset", "LANGUAGES",
+    "BigramBackcopy", "ByteTokenizer", "CharTokenizer", "CorpusUnavailableError", "DATASETS", "Dataset", "LANGUAGES",
     "MarkovLanguage", "ZipfMarkovMixture", "ZipfUnigram", "encode_to_array", "get_batch",
     "iterate_windows", "load_dataset", "pydoc_text", "stdlib_code", "train_val_split", "zipf_probs",
 ]

@@ -14,6 +14,11 @@ tells us E; these languages do, so a learner can check a fitted E against the tr
                          curves in N and D look like power laws (each topic is learned once it has
                          been seen often enough), as in real text.
 
+BigramBackcopy (not in LANGUAGES: documents that start with a BOS token, not a stationary chain)
+is a bigram chain in which a few *trigger* tokens are followed by a copy of the token before them
+(Guo et al. 2024): attention is needed at the triggers only, so a head has "nothing to attend to"
+almost everywhere, the set-up in which models grow attention sinks.
+
 Every language has ``vocab_size``, ``sample(n_tokens, seed) -> np.ndarray`` and
 ``entropy_rate() -> float`` (nats/token), computed exactly -- never estimated from samples.
 Data generation uses numpy float64 internally (exact numbers); tokens come out as int64.
@@ -253,6 +258,69 @@ class ZipfMarkovMixture:
                 out[start + 1] = np.log(m.stationary[doc[1]])
                 out[start + 2 : start + len(doc)] = np.log(m.transition[doc[1:-1], doc[2:]])
         return out
+
+
+class BigramBackcopy:
+    """The Bigram-Backcopy task (Guo et al. 2024, "Active-dormant attention heads", sec. 2): documents
+    in which attention is needed at a few positions only.
+
+    Every document starts with a beginning-of-sequence token ``bos`` (= ``vocab_size``, so a model
+    needs ``vocab_size + 1`` embeddings), then a uniformly drawn token, then: after a *trigger*
+    (tokens 0 .. ``triggers`` - 1) comes a copy of the token before the trigger, x_{t+1} = x_{t-1};
+    after any other token b, a draw from the random bigram row P(. | b) ~ Dirichlet(concentration)
+    (the rows of ``MarkovLanguage(vocab_size, 1, concentration, seed)``). A copy needs attention to
+    the previous token; every other prediction needs only the current token, so a head is active at
+    the triggers and has nothing useful to attend to elsewhere: the condition under which heads
+    learn to park their attention on the first token, an attention sink (Xiao et al. 2023).
+
+    Documents are drawn fresh for every batch (``sample_batch``, a batch source for
+    ``minilm.train``); ``document`` draws one long one to stream.
+    """
+
+    def __init__(self, vocab_size: int = 32, triggers: int = 3, concentration: float = 0.2, seed: int = 0):
+        if not isinstance(triggers, int) or not 1 <= triggers < vocab_size:
+            raise ValueError(f"triggers must be an integer in [1, vocab_size), got {triggers!r}")
+        self.transition = MarkovLanguage(vocab_size, order=1, concentration=concentration, seed=seed).transition
+        self._cdf = np.cumsum(self.transition, axis=1)
+        self.vocab_size, self.triggers, self.bos = int(vocab_size), int(triggers), int(vocab_size)
+
+    @property
+    def max_token(self) -> int:
+        """The largest id a document holds: ``bos`` (``train`` checks it against the model's vocabulary)."""
+        return self.bos
+
+    def documents(self, n: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` documents of ``length`` tokens, int64 (n, length); column 0 is ``bos``."""
+        if n < 1 or length < 2:
+            raise ValueError(f"need n >= 1 documents of length >= 2, got n={n}, length={length}")
+        out = np.empty((n, length), dtype=np.int64)
+        out[:, 0] = self.bos
+        out[:, 1] = rng.integers(0, self.vocab_size, size=n)
+        u = rng.random((length, n))
+        for t in range(1, length - 1):
+            cur = out[:, t]
+            nxt = _sample_rows(self._cdf, cur, u[t])
+            if t >= 2:  # position 1 has no token before it to copy
+                nxt = np.where(cur < self.triggers, out[:, t - 1], nxt)
+            out[:, t + 1] = nxt
+        return out
+
+    def document(self, length: int, seed: int = 0) -> np.ndarray:
+        """One document of ``length`` tokens (``bos`` first), int64 (length,): a stream to read."""
+        return self.documents(1, length, np.random.default_rng(seed))[0]
+
+    def sample_batch(self, batch_size: int, context_length: int, rng: np.random.Generator):
+        """(x, y), int64 torch tensors (batch_size, context_length): fresh documents and their next tokens."""
+        import torch  # the languages themselves are numpy-only
+
+        docs = torch.from_numpy(self.documents(batch_size, context_length + 1, rng))
+        return docs[:, :-1].contiguous(), docs[:, 1:].contiguous()
+
+    def copy_positions(self, doc: np.ndarray) -> np.ndarray:
+        """Boolean mask over the targets doc[1:]: True where the next token is a copy (after a trigger, t >= 2)."""
+        doc = np.asarray(doc)
+        t = np.arange(len(doc) - 1)
+        return (t >= 2) & (doc[:-1] < self.triggers) & (doc[:-1] != self.bos)
 
 
 LANGUAGES = {"zipf": ZipfUnigram, "markov": MarkovLanguage, "mixture": ZipfMarkovMixture}

@@ -32,6 +32,10 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-timeout", type=float, default=60.0, help="seconds to probe one question (default 60)")
     p.add_argument("--memory-mb", type=int, default=8192,
                    help="memory (address space) limit of the kernel in MB, 0 for none (default 8192)")
+    p.add_argument("--cpu-s", type=float, default=None,
+                   help="CPU seconds per process of student code, 0 for none (default: twice --timeout)")
+    p.add_argument("--file-mb", type=int, default=1024,
+                   help="largest file student code may write, in MB, 0 for none (default 1024)")
     p.add_argument("--lab", help="lab id, e.g. 03 (default: read from the notebook)")
 
 
@@ -39,9 +43,10 @@ def _limits(args: argparse.Namespace, sandbox: str = "auto"):
     from minilm.grading.grader import Limits
 
     try:
+        cpu = {} if args.cpu_s is None else {"cpu_s": args.cpu_s}
         return Limits(cell_timeout=args.cell_timeout, timeout=args.timeout, probe_timeout=args.probe_timeout,
                       memory_mb=args.memory_mb or None, user=getattr(args, "run_as", None) or None,
-                      sandbox=sandbox)
+                      sandbox=sandbox, file_mb=args.file_mb or None, **cpu)
     except ValueError as err:
         raise _fail(str(err)) from None
 
@@ -207,9 +212,15 @@ def _clean_up_when_stopped() -> None:
             pass
 
 
+EXIT_NOT_GRADED = 3  # `minilm grade`: reports written, but the class deadline left submissions ungraded
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
-    """Grade many submissions in sandboxed children and write the reports."""
-    from minilm.grading.grader import check_user_can_run, grade_many
+    """Grade many submissions in sandboxed children and write the reports.
+
+    Exits with 0 when every submission was graded (whatever the scores), and with 3 when the class
+    deadline (``--deadline``) left some not graded (reports written all the same)."""
+    from minilm.grading.grader import NOT_GRADED, check_user_can_run, grade_many
     from minilm.grading.report import gradescope_json, review_items, write_reports
 
     paths = _submissions(args.submissions)
@@ -220,6 +231,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
         raise _fail(f"--release {args.release} does not exist")
     if args.jobs < 1:
         raise _fail("-j must be at least 1")
+    if args.deadline is not None and not args.deadline > 0:
+        raise _fail(f"--deadline must be a positive number of seconds, got {args.deadline:g}")
     if args.run_as:
         try:
             check_user_can_run(args.run_as)
@@ -251,10 +264,10 @@ def cmd_grade(args: argparse.Namespace) -> int:
         hide.append(str(Path(args.gradescope_results).absolute().parent))
     results, master = grade_many(paths, lab=lab, jobs=args.jobs, seed=args.seed, limits=limits,
                                  release=args.release, progress=not args.no_progress, sweep_orphans=True,
-                                 hide=[os.path.abspath(h) for h in hide])
+                                 hide=[os.path.abspath(h) for h in hide], deadline=args.deadline)
     sandbox.kill_children()  # nothing a student started survives to touch the reports
     out = write_reports(results, args.out, lab.id, [q.name for q in lab.questions], master, args.hidden_visibility,
-                        protections=protections)
+                        protections=protections, class_deadline_s=args.deadline)
     if args.gradescope_results:
         import json
 
@@ -266,6 +279,12 @@ def cmd_grade(args: argparse.Namespace) -> int:
         flag = f"  [{n_review} to review]" if n_review else ""
         print(f"{r.student:<{width}}  {r.score:6.4g} / {r.max_score:g}  {r.status}{flag}")
     print(f"reports in {out}/ (grades.csv, feedback/, gradescope/, tamper.md); master seed {master}")
+    late = [r.student for r in results if r.status == NOT_GRADED]
+    if late:
+        print(f"minilm: the class deadline ({args.deadline:g} s) stopped grading: {len(late)} of {len(results)} "
+              f"submissions not graded (status {NOT_GRADED}); grade them again with a later --deadline",
+              file=sys.stderr)
+        return EXIT_NOT_GRADED
     return 0
 
 
@@ -290,7 +309,8 @@ fi
 # bubblewrap sandbox when the container allows one (--allow-unsandboxed: grade anyway when not).
 "$PY" -m minilm grade "$SUB" --lab {lab} --out "$ROOT/results/minilm" \\
   --gradescope-results "$ROOT/results/results.json" --no-progress --allow-unsandboxed{release}{run_as} \\
-  --cell-timeout {cell_timeout:g} --timeout {timeout:g} --probe-timeout {probe_timeout:g} --memory-mb {memory_mb}
+  --cell-timeout {cell_timeout:g} --timeout {timeout:g} --probe-timeout {probe_timeout:g} --memory-mb {memory_mb} \\
+  --file-mb {file_mb}{cpu}
 """
 
 _SETUP = """#!/usr/bin/env bash
@@ -298,12 +318,18 @@ _SETUP = """#!/usr/bin/env bash
 # in a virtual environment (newer Ubuntu images refuse system-wide pip installs). Versions are those
 # of the machine that wrote this folder, or the newest release up to them that supports the image's
 # Python (3.10 on Gradescope's Ubuntu 22.04 base image) where that machine's needs a newer Python.
+# MINILM_VENV (default /opt/minilm-venv, where run_autograder looks) exists for testing this script.
 set -euo pipefail
+VENV="${{MINILM_VENV:-/opt/minilm-venv}}"
+export DEBIAN_FRONTEND=noninteractive
 apt-get update && apt-get install -y python3 python3-venv python3-pip bubblewrap
-python3 -m venv /opt/minilm-venv
-/opt/minilm-venv/bin/pip install --upgrade pip
-/opt/minilm-venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu {torch}
-/opt/minilm-venv/bin/pip install {pinned}
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install --upgrade pip
+"$VENV/bin/pip" install --index-url https://download.pytorch.org/whl/cpu {torch}
+"$VENV/bin/pip" install {pinned}
+# Fail here, at setup, rather than on every submission: the grader and what it imports load.
+cd "$(dirname "$0")"
+"$VENV/bin/python" -c "import minilm.grading.grader, minilm.labs, nbclient, ipykernel, scipy, torch"
 """
 # What `import minilm` and the labs need (pyproject.toml's dependencies, torch aside) and what the
 # grader runs notebooks with.
@@ -372,7 +398,8 @@ def cmd_gradescope(args: argparse.Namespace) -> int:
     run_as = f" --run-as {args.run_as}" if args.run_as else ""
     (out / "run_autograder").write_text(_RUN_AUTOGRADER.format(
         lab=lab.id, release=release_arg, run_as=run_as, cell_timeout=args.cell_timeout, timeout=args.timeout,
-        probe_timeout=args.probe_timeout, memory_mb=args.memory_mb))
+        probe_timeout=args.probe_timeout, memory_mb=args.memory_mb, file_mb=args.file_mb,
+        cpu="" if args.cpu_s is None else f" --cpu-s {args.cpu_s:g}"))
     pinned = " ".join(_requirement(name) for name in _PINNED)
     (out / "setup.sh").write_text(_SETUP.format(lab=lab.id, torch=_requirement("torch"), pinned=pinned))
     for name in ("run_autograder", "setup.sh"):
@@ -434,6 +461,9 @@ def add_commands(subparsers: Any, find_lab: Callable[[str], Lab]) -> None:
     p.add_argument("--allow-unsandboxed", action="store_true",
                    help="grade even where no bubblewrap sandbox can be made (student code then runs as the "
                         "grader's user, or --run-as USER); without it grading refuses to start there")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds the whole class may take: submissions not graded by then are reported as "
+                        "'not graded: class deadline exceeded' and the exit status is 3 (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_limits(p)
     p.set_defaults(func=cmd_grade, find_lab=find_lab)

@@ -51,6 +51,10 @@ from minilm.grading.questions import Lab, require_lab
 MAX_EVENT_BYTES = 48 * 2**20  # one line from the runner (a probe reply holds up to ~40 MB of numbers)
 MAX_TOTAL_BYTES = 256 * 2**20  # everything one runner may send
 KILL_SLACK = 5.0  # seconds past --timeout for a runner to report and for the sandbox to be killed
+# The status and message of a submission that the class's whole-run limit (``grade_many(deadline=)``,
+# ``minilm grade --deadline``) left ungraded: not started, or stopped while it ran.
+NOT_GRADED = "not-graded"
+DEADLINE_MESSAGE = "not graded: class deadline exceeded"
 # Read once, before any student code runs: the probe sent to kernels is this text, not the file as
 # it may be on disk later.
 PROBE_SOURCE = Path(probe_module.__file__).read_text(encoding="utf-8")
@@ -68,6 +72,13 @@ class Limits:
     ``sandbox``: ``"bwrap"`` (student code in a bubblewrap sandbox, refuse to grade without one),
     ``"auto"`` (a sandbox when one can be made) or ``"none"``. ``timeout`` bounds the whole
     submission: kernel start, every cell, replays and probes.
+
+    Limits on the kernel and everything it starts (``None``: none), set far above what grading a
+    lab needs (a lab's fast mode runs in minutes on one thread, a few processes, tens of files):
+    ``cpu_s``: CPU seconds per process (``None``, the default: twice ``timeout``, which one
+    process on one thread cannot reach within ``timeout``; 0: none); ``processes``: processes
+    and threads in the submission's sandbox (256; enforced in a sandbox or under ``user``, not
+    for root); ``open_files``: open files per process (4096).
     """
 
     cell_timeout: float = 300.0
@@ -78,6 +89,9 @@ class Limits:
     max_restarts: int = 3
     user: str | None = None
     sandbox: str = "bwrap"
+    cpu_s: float | None = None
+    processes: int | None = 256
+    open_files: int | None = 4096
 
     def __post_init__(self) -> None:
         if self.sandbox not in ("bwrap", "auto", "none"):
@@ -87,6 +101,14 @@ class Limits:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
         if self.memory_mb is not None and self.memory_mb < 256:
             raise ValueError(f"memory_mb={self.memory_mb} is too small to start Python: use >= 256 or None")
+        if self.file_mb is not None and self.file_mb < 1:
+            raise ValueError(f"file_mb={self.file_mb} must be >= 1 (MB per file) or None")
+        if self.cpu_s is not None and not (self.cpu_s == 0 or self.cpu_s >= 1):
+            raise ValueError(f"cpu_s={self.cpu_s} must be >= 1 (CPU seconds per process), 0 (none) or None")
+        if self.processes is not None and self.processes < 32:
+            raise ValueError(f"processes={self.processes} is too few for a kernel's own threads: use >= 32 or None")
+        if self.open_files is not None and self.open_files < 64:
+            raise ValueError(f"open_files={self.open_files} is too few for a kernel: use >= 64 or None")
         if self.max_restarts < 0:
             raise ValueError("max_restarts must be >= 0")
 
@@ -96,7 +118,8 @@ class GradeResult:
     """The grade of one submission.
 
     ``status``: ``ok`` (ran and probed; questions may still have failed), ``invalid-notebook``,
-    ``timeout`` (the child was killed at the hard time limit), ``crashed`` (the child failed).
+    ``timeout`` (the child was killed at the hard time limit), ``crashed`` (the child failed),
+    ``not-graded`` (the class's deadline came first: grade it again).
     ``cells`` lists cells that did not run cleanly (instructor view); ``tamper`` lists findings
     for the instructor to review.
     """
@@ -400,6 +423,7 @@ def grade_notebook(
     on_event: Callable[[dict], None] | None = None,
     runners: Runners | None = None,
     hide: Iterable[str] = (),
+    deadline: float | None = None,
 ) -> GradeResult:
     """Grade one notebook file in a sandboxed child process.
 
@@ -411,6 +435,8 @@ def grade_notebook(
     A submission that is a symbolic link is not followed: it is reported as invalid. Without
     ``limits``, the notebook runs in a sandbox when one can be made and without one otherwise
     (``result.protections`` says which); ``grade_many`` refuses to grade without one.
+    ``deadline``: a ``time.monotonic()`` time at which grading stops whatever the submission's own
+    limits (the class's deadline): the result is then ``not-graded``, every question zero.
     """
     t0 = time.monotonic()
     path = Path(path)
@@ -427,7 +453,7 @@ def grade_notebook(
         if importlib.util.find_spec(module) is None:
             raise ValueError(f"grading notebooks needs {module}: pip install 'minilm[lab]' (or {module})")
     result = _run_child(nb, path, lab, seed, limits, public_only, student, references or ReferenceCache(), on_event,
-                        runners, hide, t0)
+                        runners, hide, t0, deadline)
     try:  # static reading of hostile code: nesting deep enough to exhaust recursion is a finding, not a crash
         result.tamper.extend(nbtools.tamper_findings(nb, lab, release))
         result.answers = nbtools.answer_sources(nb, lab)
@@ -489,6 +515,13 @@ def remove_stale_job_folders() -> int:
     return removed
 
 
+def _cpu_limit(limits: Limits) -> float | None:
+    """CPU seconds per process of student code: ``limits.cpu_s``, twice the timeout by default, 0 for none."""
+    if limits.cpu_s is None:
+        return 2 * limits.timeout
+    return limits.cpu_s or None
+
+
 def sandbox_plan(limits: Limits) -> tuple[str | None, list[str]]:
     """(bwrap to use or None, the protections in force) for ``limits``; ``ValueError`` if refused.
 
@@ -506,19 +539,33 @@ def sandbox_plan(limits: Limits) -> tuple[str | None, list[str]]:
         "network and signal that user's processes"]
     held.append(f"student code ran as user {limits.user}" if limits.user else
                 "student code ran as the grader's user" + (" (separated by the sandbox)" if bwrap else ""))
+    cpu = _cpu_limit(limits)
+    nproc = limits.processes if (bwrap or limits.user) else None
     held.append(f"per submission: {limits.timeout:g} s in all (kernel start and probes included), "
                 f"{limits.cell_timeout:g} s per cell, {limits.probe_timeout:g} s per question, memory "
-                + (f"{limits.memory_mb} MB" if limits.memory_mb else "unlimited"))
+                + (f"{limits.memory_mb} MB" if limits.memory_mb else "unlimited")
+                + "; per process: " + (f"{cpu:g} CPU s" if cpu else "CPU time not limited") + ", files up to "
+                + (f"{limits.file_mb} MB" if limits.file_mb else "any size")
+                + (f", {limits.open_files} open files" if limits.open_files else "")
+                + (f"; at most {nproc} processes and threads" if nproc else "; processes not limited")
+                + (" (not binding: student code runs as root)" if nproc and not limits.user and os.geteuid() == 0
+                   else ""))
     return bwrap, held
 
 
 def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only: bool, student: str,
                references: ReferenceCache, on_event, runners: Runners | None, hide: Iterable[str] = (),
-               t0: float | None = None) -> GradeResult:
+               t0: float | None = None, deadline: float | None = None) -> GradeResult:
     t0 = time.monotonic() if t0 is None else t0
     # The whole submission, kernel start and probes included, ends by this time; a little slack
-    # lets a runner that keeps to its own (slightly earlier) deadline report what it has.
-    hard_end = t0 + limits.timeout + KILL_SLACK
+    # lets a runner that keeps to its own (slightly earlier) deadline report what it has. The
+    # class's deadline, when it comes first, ends it too (not graded, rather than a timeout).
+    own_end = t0 + limits.timeout + KILL_SLACK
+    hard_end = own_end if deadline is None else min(own_end, deadline)
+
+    def cut_by_class_deadline(kind: str) -> bool:
+        return kind == "deadline" and deadline is not None and deadline < own_end and time.monotonic() >= deadline
+
     bwrap, protections = sandbox_plan(limits)
     job = tempfile.mkdtemp(prefix="job-", dir=_job_base())
     token = secrets.token_hex(16)
@@ -542,7 +589,11 @@ def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only:
             "timeout": max(1.0, limits.timeout - (time.monotonic() - t0) - 1.0),
             "probe_timeout": limits.probe_timeout, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
             "max_restarts": limits.max_restarts, "n_questions": n_q,
-            "processes": 256 if limits.user else None,
+            "cpu_s": _cpu_limit(limits),
+            # RLIMIT_NPROC counts every process of the user: per submission in a sandbox (its own user
+            # namespace) or under --run-as; unsandboxed as the grader's user it would count the grader's.
+            "processes": limits.processes if (bwrap or limits.user) else None,
+            "open_files": limits.open_files,
         }
         user = _switch_user(limits.user, job)
         runner = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
@@ -561,10 +612,16 @@ def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only:
             if on_event:
                 on_event(event)
             kind = event.get("event")
-            if kind == "started" and type(event.get("limits_missing")) is list and event["limits_missing"]:
-                notes.append(f"limits not enforced on this system: {str(event['limits_missing'])[:200]}")
+            if kind in ("started", "kernel") and type(event.get("limits_missing")) is list \
+                    and event["limits_missing"]:
+                note = f"limits not enforced on this system: {str(event['limits_missing'])[:300]}"
+                if note not in notes:
+                    notes.append(note)
             elif kind == "executed":
                 executed = event
+            elif cut_by_class_deadline(kind):
+                status, message = NOT_GRADED, DEADLINE_MESSAGE
+                break
             elif kind in ("eof", "fatal", "deadline", "overflow"):
                 status = "timeout" if kind == "deadline" else "crashed"
                 message = _child_failure(kind, event, child)
@@ -590,6 +647,10 @@ def _run_child(nb, path: Path, lab: Lab, seed: int, limits: Limits, public_only:
                         continue
                     questions[name] = _score_probe(q, plans[name], event, references)
                 elif kind == "done":
+                    break
+                elif cut_by_class_deadline(kind):
+                    status, message = NOT_GRADED, DEADLINE_MESSAGE
+                    questions.clear()  # an incomplete grade is no grade: the instructor grades it again
                     break
                 elif kind in ("eof", "fatal", "deadline", "overflow"):
                     if kind == "deadline":
@@ -726,15 +787,22 @@ def grade_many(
     progress: bool = True,
     sweep_orphans: bool = False,
     hide: Iterable[str] = (),
+    deadline: float | None = None,
 ) -> tuple[list[GradeResult], int]:
     """Grade many notebooks, ``jobs`` at a time. Returns (results in input order, master seed).
 
     Each student's hidden inputs come from ``derive_seed(master_seed, student)``: reproducible
     with the same master seed, different from one student to the next. ``sweep_orphans``: after
     each submission, kill the processes it left behind (for a subreaper process: ``minilm grade``).
-    ``hide``: folders no student process may see (the report folder, the submissions). Raises
-    ``ValueError`` before grading anything when ``limits`` asks for a sandbox that cannot be made.
+    ``hide``: folders no student process may see (the report folder, the submissions).
+    ``deadline``: seconds the whole class may take from this call: submissions not finished by then
+    are stopped, and those not started are not started; both come back with status ``not-graded``
+    and the message ``DEADLINE_MESSAGE`` (never dropped). Raises ``ValueError`` before grading
+    anything when ``limits`` asks for a sandbox that cannot be made.
     """
+    if deadline is not None and not deadline > 0:
+        raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
+    end = None if deadline is None else time.monotonic() + deadline
     paths = [Path(p) for p in paths]
     hide = [str(h) for h in hide] + sorted({str(p.absolute().parent) for p in paths})
     if jobs < 1:
@@ -749,9 +817,12 @@ def grade_many(
     runners = Runners()
 
     def one(i: int) -> GradeResult:
+        if end is not None and time.monotonic() >= end:
+            return _failed(names[i], paths[i], lab, NOT_GRADED, DEADLINE_MESSAGE)
         try:
             return grade_notebook(paths[i], lab, derive_seed(master, names[i]), limits, release=release,
-                                  student=names[i], references=references, runners=runners, hide=hide)
+                                  student=names[i], references=references, runners=runners, hide=hide,
+                                  deadline=end)
         except ValueError as err:  # a per-submission failure
             return _failed(names[i], paths[i], lab, "invalid-notebook", str(err))
         except Exception as err:  # noqa: BLE001 - a grader bug must not stop the class

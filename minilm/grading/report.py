@@ -232,11 +232,12 @@ def _swap_in(staged: Path, target: Path) -> None:
 
 def write_reports(results: list[GradeResult], out_dir: str | os.PathLike, lab_id: str, question_names: list[str],
                   master_seed: int, hidden_visibility: str = "after_published",
-                  protections: list[str] | None = None) -> Path:
+                  protections: list[str] | None = None, class_deadline_s: float | None = None) -> Path:
     """Write every report of a grading run under ``out_dir`` (see module docstring).
 
     ``protections``: what isolated student code during the run (``grader.sandbox_plan``), recorded
-    in ``summary.json``.
+    in ``summary.json``, with the class deadline (``class_deadline_s``) and the students it left
+    not graded.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +265,8 @@ def write_reports(results: list[GradeResult], out_dir: str | os.PathLike, lab_id
         "protections": protections if protections is not None else
         sorted({p for r in results for p in r.protections}),
         "students": {r.student: {"score": r.score, "max_score": r.max_score, "status": r.status} for r in results},
+        "class_deadline_s": class_deadline_s,
+        "not_graded": [r.student for r in results if r.status == "not-graded"],
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return out

@@ -135,7 +135,11 @@ class Runner:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.client = client
         pid = getattr(client.km.provisioner, "pid", None)
-        self.emit({"event": "kernel", "pid": pid})
+        # Before any student code runs in it: the kernel's CPU, process and open-file limits, which
+        # everything it starts inherits.
+        missing = ["kernel limits (no kernel pid)"] if pid is None else sandbox.limit_process(
+            pid, self.cfg.get("cpu_s"), self.cfg.get("processes"), self.cfg.get("open_files"))
+        self.emit({"event": "kernel", "pid": pid, "limits_missing": missing})
 
     def _stop_kernel(self) -> None:
         if self.client is not None:
@@ -183,9 +187,9 @@ class Runner:
         try:
             self.client.execute_cell(cell, position, store_history=True)
         except DeadKernelError:
-            if state["interrupted"]:
+            if state["killed"]:
                 return "timeout", f"ran longer than {timeout:.0f} s and ignored the interrupt", [], False
-            return "crashed", "the kernel died (os._exit, a crash, or the memory limit)", [], False
+            return "crashed", self._death(), [], False
         except Exception as err:  # noqa: BLE001 - lost connection and the like: treat as a crash
             return "crashed", f"{type(err).__name__}: {err}"[:300], [], False
         finally:
@@ -196,6 +200,25 @@ class Runner:
         if errors:
             return "error", f"{errors[-1]['ename']}: {errors[-1]['evalue']}".rstrip(": "), cell.outputs, True
         return "ok", "", cell.outputs, True
+
+    def _death(self) -> str:
+        """Why the kernel died, from its exit status where the provisioner kept it."""
+        proc = getattr(self.client.km.provisioner, "process", None) if self.client and self.client.km else None
+        try:
+            code = proc.wait(timeout=5) if proc is not None else None
+        except (subprocess.TimeoutExpired, OSError):
+            code = None
+        if code == -signal.SIGXCPU:
+            return f"the kernel was stopped at the CPU time limit ({self.cfg.get('cpu_s')} s per process)"
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            why = ("the CPU time limit's hard stop, or a signal" if name == "SIGKILL" and self.cfg.get("cpu_s")
+                   else "a crash or a signal")
+            return f"the kernel died ({name}: {why})"
+        return "the kernel died (os._exit, a crash, or the memory limit)"
 
     def _restart(self) -> bool:
         """Kill the kernel, start a fresh one and replay the cells that worked. False if out of restarts."""
@@ -274,7 +297,9 @@ def main() -> int:
     runner = None
     try:
         config = json.loads(sys.stdin.readline())
-        missing = sandbox.apply_limits(config.get("memory_mb"), config.get("file_mb"), config.get("processes"))
+        # Memory and file size here (the kernel inherits them); CPU, processes and open files on the
+        # kernel alone (``_start_kernel_once``), so that a kernel's fork bomb cannot starve this runner.
+        missing = sandbox.apply_limits(config.get("memory_mb"), config.get("file_mb"))
         emit({"event": "started", "limits_missing": missing})
         runner = Runner(config, emit)
         emit(runner.execute())

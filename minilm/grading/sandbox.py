@@ -8,7 +8,10 @@ what they offer (documented in docs/grading.md):
 
 - the child environment is an allow-list (no tokens or secrets of the grader's environment leak),
   with a private HOME, TMPDIR and Jupyter/IPython directories per submission;
-- ``RLIMIT_AS`` (memory), ``RLIMIT_FSIZE`` (file size) and ``RLIMIT_CORE`` in the child;
+- ``RLIMIT_AS`` (memory), ``RLIMIT_FSIZE`` (file size) and ``RLIMIT_CORE`` in the child, and on
+  each kernel (``limit_process``: everything student code starts inherits them) ``RLIMIT_CPU``
+  (CPU seconds per process), ``RLIMIT_NPROC`` (processes and threads; counted per sandbox, since
+  each has its own user namespace) and ``RLIMIT_NOFILE`` (open files);
 - ``PR_SET_DUMPABLE=0`` so a student's process of the same user cannot read the grader's memory
   or file descriptors through /proc or ptrace;
 - ``PR_SET_CHILD_SUBREAPER`` so processes a student detaches (double fork, ``setsid``) are
@@ -51,19 +54,16 @@ def become_subreaper() -> bool:
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
-def apply_limits(memory_mb: int | None, file_mb: int | None, processes: int | None = None) -> list[str]:
-    """Limit this process and its future children; returns what could not be enforced.
-
-    ``processes`` (``RLIMIT_NPROC``) counts every process of the user, so it is only set when
-    student code runs as a user of its own (``--run-as``).
+def apply_limits(memory_mb: int | None, file_mb: int | None) -> list[str]:
+    """Limit this process and its future children (memory, file size, no core files); returns what
+    could not be enforced. The kernel's own limits: ``limit_process``.
     """
     try:
         import resource
     except ImportError:  # Windows
         return ["resource limits (no 'resource' module on this system)"]
     missing = []
-    limits = (("RLIMIT_AS", memory_mb, 2**20), ("RLIMIT_FSIZE", file_mb, 2**20), ("RLIMIT_CORE", 0, 1),
-              ("RLIMIT_NPROC", processes, 1))
+    limits = (("RLIMIT_AS", memory_mb, 2**20), ("RLIMIT_FSIZE", file_mb, 2**20), ("RLIMIT_CORE", 0, 1))
     for name, amount, unit in limits:
         if amount is None:
             continue
@@ -79,6 +79,46 @@ def apply_limits(memory_mb: int | None, file_mb: int | None, processes: int | No
             resource.setrlimit(limit, (value, value))  # soft = hard: the student cannot raise it
         except (ValueError, OSError):
             missing.append(name)
+    return missing
+
+
+def limit_process(pid: int, cpu_s: float | None = None, processes: int | None = None,
+                  open_files: int | None = None) -> list[str]:
+    """Limit the running process ``pid`` (a kernel, before any student code runs in it) and what it
+    starts later; returns what could not be enforced.
+
+    ``cpu_s``: CPU seconds per process (``RLIMIT_CPU``: ``SIGXCPU`` at the limit, ``SIGKILL`` 5 s of
+    CPU later for a process that handles it). ``processes``: processes and threads of this user that
+    may exist when it forks (``RLIMIT_NPROC``; the kernel counts them per user namespace, so in a
+    bubblewrap sandbox per submission). ``open_files``: file descriptors per process
+    (``RLIMIT_NOFILE``). Set on the kernel only, not the runner, so that a kernel's children
+    filling the process table cannot stop the runner from reporting. Soft and hard limits are set
+    together (the hard one 5 s higher for CPU): student code cannot raise them.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return ["resource limits (no 'resource' module on this system)"]
+    missing = []
+    wanted = (("RLIMIT_CPU", cpu_s, 5), ("RLIMIT_NPROC", processes, 0), ("RLIMIT_NOFILE", open_files, 0))
+    for name, amount, slack in wanted:
+        if amount is None:
+            continue
+        limit = getattr(resource, name, None)
+        if limit is None or not hasattr(resource, "prlimit"):
+            missing.append(name)
+            continue
+        soft = max(1, int(amount))
+        try:
+            _, hard = resource.prlimit(pid, limit)
+            new_hard = soft + slack if hard == resource.RLIM_INFINITY else min(hard, soft + slack)
+            resource.prlimit(pid, limit, (min(soft, new_hard), new_hard))
+        except (ValueError, OSError):
+            missing.append(name)
+    if processes is not None and "RLIMIT_NPROC" not in missing and os.getuid() == 0:
+        # The kernel exempts root from RLIMIT_NPROC (also as root mapped into a user namespace).
+        missing.append("RLIMIT_NPROC (student code runs as root, which the process limit does not bind: "
+                       "grade as an ordinary user, or as root with --run-as USER)")
     return missing
 
 

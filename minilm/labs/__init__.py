@@ -37,6 +37,8 @@ LAB_MODULES = {
     "05": "minilm.labs.lab05",
     "06": "minilm.labs.lab06",
     "07": "minilm.labs.lab07",
+    "08": "minilm.labs.lab08",
+    "09": "minilm.labs.lab09",  # build it yourself: do it right after lab 00 (ids are two digits)
 }
 # Lab 99, the small demo lab the grader's own tests use: found by id, but not part of the course
 # (its notebooks are test fixtures, so `minilm lab list` does not show it).

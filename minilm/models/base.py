@@ -21,7 +21,7 @@ class LanguageModel(nn.Module):
 
     Subclasses must provide:
       - ``forward(idx) -> logits``  with idx (B, T) int64 and logits (B, T, vocab_size)
-      - ``flops_per_token() -> float``  training FLOPs per token (forward + backward)
+      - ``flops_per_token(seq_len=None) -> float``  training FLOPs per token (forward + backward)
     and may override ``generate`` (e.g. RWKV samples with its recurrent form).
     """
 
@@ -112,7 +112,9 @@ class LanguageModel(nn.Module):
         """The token-embedding parameters (subclasses override); counted out by ``num_params``."""
         return []
 
-    def flops_per_token(self) -> float:
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward) on sequences of ``seq_len`` tokens (None:
+        the model's context length); ``minilm.ledger.training_flops`` multiplies it by the tokens."""
         raise NotImplementedError(f"{type(self).__name__} does not define flops_per_token()")
 
     def config_dict(self) -> dict:

@@ -26,6 +26,7 @@ place that reads it), and ``tests/test_kernels.py`` holds the two equal.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -428,8 +429,9 @@ class GPT(LanguageModel):
             logits = self(idx[:, -1:], cache=state)
         return logits[:, -1, :], state
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N + 6 * n_layers * context_length * d_model.
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N + 6 * n_layers * n_ctx * d_model, n_ctx = ``seq_len``
+        (None: ``context_length``), the length of the sequences trained on.
 
         Kaplan et al. (2020, Table 1): a forward pass costs 2N (one multiply-add per weight)
         plus 2 * n_layers * n_ctx * d_model for the attention scores and their weighted sum;
@@ -437,7 +439,11 @@ class GPT(LanguageModel):
         N counts non-embedding parameters plus the output head (a real matmul per token).
         """
         c = self.config
+        T = c.context_length if seq_len is None else seq_len
+        if not isinstance(T, numbers.Integral) or isinstance(T, bool) or not 1 <= T <= c.context_length:
+            raise ValueError(f"seq_len must be None or an integer in [1, context_length={c.context_length}], "
+                             f"got {seq_len!r}")
         n = self.num_params(non_embedding=True)
         if c.tie_embeddings:  # the shared matrix still costs a matmul in the head
             n += c.vocab_size * c.d_model
-        return 6.0 * n + 6.0 * c.n_layers * c.context_length * c.d_model
+        return 6.0 * n + 6.0 * c.n_layers * T * c.d_model

@@ -98,8 +98,8 @@ class LSTMLM(LanguageModel):
         logits, hc = self(idx[:, seen:], state=hc, return_state=True)
         return logits[:, -1, :], (hc, idx.size(1))
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N, N = non-embedding parameters plus the head.
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N, N = non-embedding parameters plus the head (any ``seq_len``).
 
         Each LSTM layer holds 4 gates of (C + C) x C weights and biases; every weight costs a
         multiply-add per token forward, twice that backward (the 6N rule of Kaplan et al. 2020).

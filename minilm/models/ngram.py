@@ -613,7 +613,7 @@ class NGramLM(LanguageModel):
         """The number of stored n-gram counts, all orders (0 before ``fit``)."""
         return self.ngram.num_counts if self.ngram.counts is not None else 0
 
-    def flops_per_token(self) -> float:
+    def flops_per_token(self, seq_len: int | None = None) -> float:
         """0: counting is not gradient training (see the class docstring)."""
         return 0.0
 

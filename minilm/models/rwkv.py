@@ -372,8 +372,8 @@ class RWKV(LanguageModel):
         logits, layers = self(idx[:, seen:], state=layers, return_state=True, mode=mode)
         return logits[:, -1, :], (layers, idx.size(1))
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N, N = non-embedding parameters (the head included).
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N, N = non-embedding parameters (the head included), any ``seq_len``.
 
         Every weight costs one multiply-add (2 FLOPs) per token forward and twice that backward
         (Kaplan et al. 2020). Unlike attention there is no context-length term: WKV costs O(C)

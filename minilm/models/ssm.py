@@ -235,8 +235,8 @@ class SSMLM(LanguageModel):
             return logits[:, -1], state
         return self.step(idx[:, -1], state)
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N + 3 * n_layers * 7 * D * N_state.
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N + 3 * n_layers * 7 * D * N_state, for any ``seq_len`` (O(1) per token).
 
         6N (forward 2N + backward 4N) for the weight matmuls, N the non-embedding parameters plus
         the head; the scan adds 7 FLOPs per state entry and token (exp, two products, sum, C h:

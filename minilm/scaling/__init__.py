@@ -8,6 +8,8 @@
 - ``sweep``: train a grid of GPT sizes x token budgets on a known-entropy language, cached, on any
   executor (``minilm.executors``: this process, local workers, SLURM through submitit).
 - ``hparams``: lab 04's experiments: WSD branching, learning-rate sweeps, batch x lr grids.
+- ``multiplier``: lab 08's compute multipliers: L(C) = E + A C^-alpha per recipe, how much compute a
+  trick is worth, and whether that worth grows or shrinks with compute.
 """
 
 from .fit import (
@@ -42,6 +44,16 @@ from .law import (
     kaplan_loss,
     training_flops,
 )
+from .multiplier import (
+    ComputeLaw,
+    MultiplierEstimate,
+    break_even_compute,
+    compute_multiplier,
+    estimate_multiplier,
+    fit_compute_law,
+    multiplier_at,
+    multiplier_slope,
+)
 from .runs import ScalingRuns, check_points, load_runs, save_runs
 from .sweep import (
     FAST_SIZES,
@@ -64,4 +76,6 @@ __all__ = [
     "FAST_SIZES", "FAST_TOKEN_BUDGETS", "FULL_SIZES", "FULL_TOKEN_BUDGETS", "SweepError", "SweepResult",
     "fast_language", "run_sweep", "score_loss",
     "Branch", "LossCurve", "batch_lr_grid", "best_lr", "branch_wsd", "lr_sweep", "train_gpt", "wind_tunnel_data",
+    "ComputeLaw", "MultiplierEstimate", "break_even_compute", "compute_multiplier", "estimate_multiplier",
+    "fit_compute_law", "multiplier_at", "multiplier_slope",
 ]

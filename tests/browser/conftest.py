@@ -63,6 +63,7 @@ def _server_env(work: Path) -> dict[str, str]:
         (work / sub).mkdir()
         env[var] = str(work / sub)
     env["MINILM_FAST"] = "1"
+    env["MINILM_RESULTS_DIR"] = str(work / "results")  # the labs' records (minilm.records): never the checkout
     # The test run sets MPLBACKEND=Agg, which kernels would inherit and then never show a figure.
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     # Kernels run in the temporary copy of labs/; make them import this checkout's minilm.
@@ -120,7 +121,7 @@ def lab_server(tmp_path_factory) -> JupyterServer:
     _require_browser_stack()
     work = tmp_path_factory.mktemp("jupyterlab")
     root = work / "root"
-    skip = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__")
+    skip = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "results")
     if (REPO / "labs").is_dir():
         shutil.copytree(REPO / "labs", root / "labs", ignore=skip)
     shutil.copytree(REPO / "tests" / "fixtures" / "browser", root / "fixtures", ignore=skip)
