@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-# labs/solutions/01_scaling_laws.ipynb, the cell that sizes the experiments.
+# solutions/01_scaling_laws.ipynb, the cell that sizes the experiments.
 LADDER = [
     {"n_layers": 1, "n_heads": 2, "d_model": 8},
     {"n_layers": 1, "n_heads": 2, "d_model": 12},

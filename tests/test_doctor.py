@@ -59,8 +59,9 @@ def test_each_problem_comes_with_its_fix(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipywidgets" else real(name, *a))
     labs = tmp_path / "labs"
-    (labs / "solutions").mkdir(parents=True)
-    shutil.copy(ROOT / "labs" / "solutions" / "00_language_models.ipynb", labs / "solutions")
+    labs.mkdir()
+    (tmp_path / "solutions").mkdir()
+    shutil.copy(ROOT / "solutions" / "00_language_models.ipynb", tmp_path / "solutions")
     monkeypatch.setenv("MINILM_LABS_DIR", str(labs))  # no student notebook, no landing page, no chapters
     findings = diagnose()
     problems = {f.what.split(":")[0].split(" is ")[0]: f.fix for f in findings if not f.ok}

@@ -206,7 +206,7 @@ def test_the_guides_lab01_script_submits_the_notebooks_grid(capsys):
     spec = importlib.util.spec_from_file_location("scaling_out_lab01", repo / "docs" / "scaling_out_lab01.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    nb = json.loads((repo / "labs" / "solutions" / "01_scaling_laws.ipynb").read_text())
+    nb = json.loads((repo / "solutions" / "01_scaling_laws.ipynb").read_text())
     cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     [sizing] = [c for c in cells if "LADDER = [" in c]
     [sweep] = [c for c in cells if "run_sweep(" in c and "flop_budgets" in c]

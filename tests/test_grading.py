@@ -783,3 +783,15 @@ def test_run_as_is_checked_before_any_grading(tmp_path):
     except KeyError:
         pytest.skip("no user 'nobody' here")
     assert not (tmp_path / "o").exists()
+
+
+def test_student_path_beside_or_above_the_solutions(tmp_path):
+    """The course keeps its sources in solutions/ beside labs/ (so `jupyter lab labs/` does not list them);
+    a folder without labs/ (the demo lab) gets its student notebook one level up."""
+    from minilm.grading.release import student_path
+
+    (tmp_path / "course" / "labs").mkdir(parents=True)
+    assert student_path(tmp_path / "course" / "solutions" / "04_x.ipynb") == tmp_path / "course" / "labs" / "04_x.ipynb"
+    assert student_path(tmp_path / "demo" / "solutions" / "99_x.ipynb") == tmp_path / "demo" / "99_x.ipynb"
+    repo = Path(__file__).resolve().parents[1]
+    assert student_path(repo / "solutions" / "00_language_models.ipynb") == repo / "labs" / "00_language_models.ipynb"

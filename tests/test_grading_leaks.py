@@ -95,7 +95,7 @@ def test_lines_the_instructor_shows_outside_a_solution_are_not_leaks():
     assert shared in text and ANSWER not in text
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "labs" / "solutions").glob("[0-9][0-9]_*.ipynb"))
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
                          + [ROOT / "tests" / "fixtures" / "demo_lab" / "solutions" / "99_demo.ipynb"],
                          ids=lambda p: p.name)
 def test_every_released_lab_holds_none_of_its_solution_lines(path):

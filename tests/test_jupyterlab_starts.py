@@ -92,7 +92,7 @@ def test_readme_command_serves_the_labs_folder(tmp_path):
         listing = server.api("GET", "api/contents/")
         names = {item["name"]: item["type"] for item in listing["content"]}
         assert names.get(LAB_NOTEBOOK) == "notebook", f"labs/ is not the served folder: {sorted(names)}"
-        assert names.get("solutions") == "directory", sorted(names)
+        assert "solutions" not in names, f"the instructor sources must not be in the served folder: {sorted(names)}"
 
         nb = server.api("GET", f"api/contents/{LAB_NOTEBOOK}")
         assert nb["type"] == "notebook" and nb["format"] == "json"
@@ -121,34 +121,44 @@ def test_the_landing_page_command_opens_readme_and_serves_the_chapters(tmp_path)
         assert opens and "tree/README.md" in opens[0].read_text(), "the server does not open README.md"
 
 
+_LIST_FILE_BROWSER = """
+import json, sys
+from playwright.sync_api import sync_playwright
+url, chromium, flags, shot = json.loads(sys.argv[1])
+with sync_playwright() as playwright:
+    browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=flags)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        items = page.locator(".jp-DirListing-content .jp-DirListing-itemText")
+        items.first.wait_for(timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.jp-DirListing-itemText').length > 8")
+        names = [n.strip() for n in items.all_inner_texts()]
+        page.screenshot(path=shot)
+    finally:
+        browser.close()
+print(json.dumps(names))
+"""
+
+
 @pytest.mark.browser
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "JupyterLab 4 lists folders before files and has no setting against it (its file browser's sort puts "
-    "directories first whatever the sort key; no sortFoldersFirst in 4.6), Jupyter reads no settings from "
-    "the served folder, and an environment-wide setting shipped with the package is not installed by "
-    "`pip install -e`: the fix is moving labs/solutions/ out of the served folder. Strict: this test "
-    "fails when it starts to pass, so that the marker is removed with the move."))
 def test_the_first_thing_the_file_browser_lists_is_not_the_solutions(tmp_path):
     """What a student sees on the README's command: the file browser's listing of labs/, top to bottom, in
     Chromium. The lab notebooks must come before solutions/ (instructors' sources, answers included)."""
     _need_jupyterlab()
     helpers = _browser_helpers()
     helpers._require_browser_stack()
-    from playwright.sync_api import sync_playwright
+    import json
 
-    with _jupyter_lab(tmp_path, "labs/README.md") as (server, url), sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=helpers.CHROMIUM, headless=True,
-                                             args=helpers.CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{url}lab/tree/README.md?reset&token={server.token}")
-            items = page.locator(".jp-DirListing-content .jp-DirListing-itemText")
-            items.first.wait_for(timeout=60_000)
-            page.wait_for_function("document.querySelectorAll('.jp-DirListing-itemText').length > 8")
-            names = [n.strip() for n in items.all_inner_texts()]
-            page.screenshot(path=str(tmp_path / "file-browser.png"))
-        finally:
-            browser.close()
+    # Chromium is driven from a process of its own: in a pytest worker that already ran the browser tests,
+    # their session's Playwright owns a running event loop, and the sync API refuses to start inside it.
+    with _jupyter_lab(tmp_path, "labs/README.md") as (server, url):
+        args = json.dumps([f"{url}lab/tree/README.md?reset&token={server.token}", helpers.CHROMIUM,
+                           list(helpers.CHROMIUM_FLAGS), str(tmp_path / "file-browser.png")])
+        proc = subprocess.run([sys.executable, "-c", _LIST_FILE_BROWSER, args], capture_output=True, text=True,
+                              timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        names = json.loads(proc.stdout.strip().splitlines()[-1])
     print("file browser, top to bottom:", names)
     assert LAB_NOTEBOOK in names and "README.md" in names, names
     assert "solutions" not in names[:names.index(LAB_NOTEBOOK)], f"solutions/ listed before the labs: {names}"

@@ -34,7 +34,7 @@ import pytest
 from minilm.grading.notebook import _python_source
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted(glob.glob(str(REPO / "labs" / "*.ipynb")) + glob.glob(str(REPO / "labs" / "solutions" / "*.ipynb")))
+NOTEBOOKS = sorted(glob.glob(str(REPO / "labs" / "*.ipynb")) + glob.glob(str(REPO / "solutions" / "*.ipynb")))
 ALLOWED_MAGICS = {"%matplotlib inline"}
 INTERACTIVE_BACKENDS = re.compile(r"%matplotlib\s+(?!inline\b)\w+|matplotlib\.use\(|import\s+ipympl|from\s+ipympl")
 # Imported by the notebooks through the packages `pip install "minilm[lab]"` installs (ipykernel brings IPython).

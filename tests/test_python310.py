@@ -66,7 +66,7 @@ def _sources() -> list[tuple[str, str]]:
     """(where, Python source) of every module of the package and every code cell of every lab notebook."""
     out = [(str(p.relative_to(REPO)), p.read_text(encoding="utf-8")) for p in sorted((REPO / "minilm").rglob("*.py"))]
     labs = REPO / "labs"
-    for path in sorted(glob.glob(str(labs / "*.ipynb")) + glob.glob(str(labs / "solutions" / "*.ipynb"))):
+    for path in sorted(glob.glob(str(labs / "*.ipynb")) + glob.glob(str(REPO / "solutions" / "*.ipynb"))):
         nb = json.loads(Path(path).read_text(encoding="utf-8"))
         for i, cell in enumerate(nb["cells"]):
             if cell["cell_type"] == "code":

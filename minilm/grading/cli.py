@@ -75,18 +75,18 @@ def _lab_of(args: argparse.Namespace, nb: Any, path: Path) -> Lab:
 def cmd_release(args: argparse.Namespace) -> int:
     """Build student notebooks from instructor sources, refusing unsound labs."""
     from minilm.grading.grader import grade_notebook
-    from minilm.grading.release import ReleaseError, release_lab
+    from minilm.grading.release import ReleaseError, release_lab, student_path
 
-    sources = [Path(s) for s in args.solutions] or sorted(Path("labs/solutions").glob("[0-9][0-9]_*.ipynb"))
+    sources = [Path(s) for s in args.solutions] or sorted(Path("solutions").glob("[0-9][0-9]_*.ipynb"))
     if not sources:
-        raise _fail("no solution notebooks given and none in labs/solutions/")
+        raise _fail("no solution notebooks given and none in solutions/")
     if args.out and len(sources) > 1:
         raise _fail("--out names one file: give one solution notebook with it")
     status = 0
     for src in sources:
         if not src.exists():
             raise _fail(f"{src} does not exist")
-        out = Path(args.out) if args.out else src.parent.parent / src.name
+        out = Path(args.out) if args.out else student_path(src)
         if args.verify:
             if args.class_mode:
                 raise _fail("--verify compares with the course's (self-study) release; a class-mode release is "
@@ -424,9 +424,9 @@ def add_commands(subparsers: Any, find_lab: Callable[[str], Lab]) -> None:
     ``subparsers`` is what ``ArgumentParser.add_subparsers()`` returns; ``find_lab`` turns a lab id
     into its ``Lab`` (``minilm.labs.get_lab``) and raises ``ValueError`` for an unknown id.
     """
-    p = subparsers.add_parser("release", help="build student notebooks from labs/solutions/ (with gates)",
+    p = subparsers.add_parser("release", help="build student notebooks from solutions/ (with gates)",
                               description=cmd_release.__doc__)
-    p.add_argument("solutions", nargs="*", help="instructor notebooks (default: labs/solutions/NN_*.ipynb)")
+    p.add_argument("solutions", nargs="*", help="instructor notebooks (default: solutions/NN_*.ipynb)")
     p.add_argument("--out", help="student notebook to write (default: labs/<same name>)")
     p.add_argument("--no-check", action="store_true", help="skip the gates (reference full, stubs zero, wrong < full)")
     p.add_argument("--verify", action="store_true", help="write nothing; fail if a committed student notebook is stale")

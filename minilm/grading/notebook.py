@@ -1,6 +1,6 @@
 """Notebook files: student versions from instructor sources, locked cells, and reading submissions.
 
-Solution regions in the instructor notebook (``labs/solutions/NN_topic.ipynb``):
+Solution regions in the instructor notebook (``solutions/NN_topic.ipynb``):
 
 - code lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (markers included) become
   ``raise NotImplementedError("q2: write bigram_probs")`` at the indentation of the ``BEGIN`` line,

@@ -261,7 +261,7 @@ def choice_question(
 class Lab:
     """A lab's graded questions: ``Lab("00", "language_models", "Language models", [questions])``.
 
-    ``id`` is the two-digit lab number; the notebooks are ``labs/solutions/<id>_<topic>.ipynb``
+    ``id`` is the two-digit lab number; the notebooks are ``solutions/<id>_<topic>.ipynb``
     (instructor source) and ``labs/<id>_<topic>.ipynb`` (student version).
     """
 

@@ -132,6 +132,18 @@ def _check_release(lab: Lab, solution: Any, student: Any, seeds: tuple[int, ...]
     return report
 
 
+def student_path(solution_path: str | os.PathLike) -> Path:
+    """Where the student notebook of an instructor source goes by default.
+
+    ``solutions/X.ipynb`` -> ``labs/X.ipynb`` when a ``labs/`` folder sits beside ``solutions/`` (the
+    course's layout: the sources live outside the folder students open); otherwise the sources'
+    parent folder (``demo/solutions/X.ipynb`` -> ``demo/X.ipynb``).
+    """
+    solution_path = Path(solution_path)
+    home = solution_path.parent.parent
+    return (home / "labs" if (home / "labs").is_dir() else home) / solution_path.name
+
+
 def release_lab(
     solution_path: str | os.PathLike,
     out_path: str | os.PathLike | None = None,
@@ -144,7 +156,7 @@ def release_lab(
     """Build the student notebook from ``solution_path`` and write it, if the gates pass.
 
     ``lab`` is the lab's declared questions (``minilm.labs.get_lab(id)``). ``out_path`` defaults
-    to the solution's grandparent folder (``labs/solutions/X.ipynb`` -> ``labs/X.ipynb``). Raises
+    to ``student_path(solution_path)`` (``solutions/X.ipynb`` -> ``labs/X.ipynb``). Raises
     ``ReleaseError`` (nothing written) when a gate fails. ``class_mode``: the notebook's checks run
     the public checks only (``minilm.grading.selfcheck.mark_class_mode``); by default they give
     the self-study verdict.
@@ -162,7 +174,7 @@ def release_lab(
         import nbformat
 
         text = nbformat.writes(mark_class_mode(nbformat.reads(text, as_version=4))) + "\n"
-    out_path = Path(out_path) if out_path is not None else solution_path.parent.parent / solution_path.name
+    out_path = Path(out_path) if out_path is not None else student_path(solution_path)
     report = GateReport(lab_obj.id)
     if check:
         import nbformat

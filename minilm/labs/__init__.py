@@ -1,7 +1,7 @@
 """The course: one module per lab (its graded questions and their references) and the lab runner.
 
 Lab NN is three files a reader can go between in one hop: the notebook ``labs/NN_topic.ipynb``
-(instructor source ``labs/solutions/NN_topic.ipynb``), the chapter ``course/NN_topic.md`` and the
+(instructor source ``solutions/NN_topic.ipynb``), the chapter ``course/NN_topic.md`` and the
 module ``minilm/labs/labNN.py``, whose ``LAB`` declares the graded questions (see
 ``minilm.grading.questions``). The grading engine, ``minilm.grading``, knows no lab by name:
 whoever needs lab "03" by its id looks it up here with ``get_lab`` and hands the ``Lab`` over.

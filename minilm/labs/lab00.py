@@ -11,7 +11,7 @@ a 20-second training run cannot be recomputed by the grader, and its winner coul
 depend on the machine. The student's *function* is probed on synthetic curves where the right
 answer is known; the notebook then applies it to the student's own run.
 
-The notebooks are ``labs/solutions/00_language_models.ipynb`` (instructor source) and
+The notebooks are ``solutions/00_language_models.ipynb`` (instructor source) and
 ``labs/00_language_models.ipynb`` (released student version); the chapter, with the questions'
 background, is ``course/00_language_models.md``.
 """

@@ -1,6 +1,6 @@
 """Lab 01, scaling laws: the graded questions.
 
-Notebooks: ``labs/solutions/01_scaling_laws.ipynb`` (instructor source) and
+Notebooks: ``solutions/01_scaling_laws.ipynb`` (instructor source) and
 ``labs/01_scaling_laws.ipynb`` (student version); chapter: ``course/01_scaling_laws.md``. Every
 reference comes from ``minilm.scaling``:
 

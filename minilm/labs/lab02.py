@@ -1,6 +1,6 @@
 """Lab 02, attention complexity and efficient architectures: the graded questions.
 
-Notebooks: ``labs/solutions/02_attention.ipynb`` (instructor source) and ``labs/02_attention.ipynb``
+Notebooks: ``solutions/02_attention.ipynb`` (instructor source) and ``labs/02_attention.ipynb``
 (student version); chapter: ``course/02_attention.md``. The references come from
 ``minilm.attention`` wherever the library has one:
 

@@ -8,7 +8,7 @@ class-imbalance run, whose training is too long for the grader to repeat.
 References come from the library (``minilm.optim.Adam``, ``minilm.imbalance``,
 ``minilm.sharpness.track_sharpness``) or from closed forms (``numpy.linalg.eigvalsh``).
 
-Notebooks: ``labs/solutions/03_optimizers.ipynb`` (instructor source) and
+Notebooks: ``solutions/03_optimizers.ipynb`` (instructor source) and
 ``labs/03_optimizers.ipynb`` (student version); chapter: ``course/03_optimizers.md``.
 """
 

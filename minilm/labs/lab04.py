@@ -9,7 +9,7 @@ fraction ablation, the learning-rate sweep across widths).
 References come from the library (``minilm.schedules.wsd``, ``minilm.mup``,
 ``minilm.scaling.hparams.branch_wsd``) or from closed forms.
 
-Notebooks: ``labs/solutions/04_schedules.ipynb`` (instructor source) and
+Notebooks: ``solutions/04_schedules.ipynb`` (instructor source) and
 ``labs/04_schedules.ipynb`` (student version); chapter: ``course/04_schedules.md``.
 """
 

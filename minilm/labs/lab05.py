@@ -8,7 +8,7 @@ runs the grader does not repeat (the mixing-law experiment, raw vs filtered trai
 
 References come from the library (``minilm.mixing``, ``minilm.selection``, ``minilm.filtering``).
 
-Notebooks: ``labs/solutions/05_data.ipynb`` (instructor source) and ``labs/05_data.ipynb``
+Notebooks: ``solutions/05_data.ipynb`` (instructor source) and ``labs/05_data.ipynb``
 (student version); chapter: ``course/05_data.md``.
 """
 

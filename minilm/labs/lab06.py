@@ -10,7 +10,7 @@ the training runs (too long for the grader to repeat: five runs).
 References come from the library (``minilm.fp8``), which is bit-exact against PyTorch's float8
 casts (tests/test_fp8.py), and from ``minilm.scaling.hparams.train_gpt``.
 
-Notebooks: ``labs/solutions/06_fp8.ipynb`` (instructor source) and ``labs/06_fp8.ipynb``
+Notebooks: ``solutions/06_fp8.ipynb`` (instructor source) and ``labs/06_fp8.ipynb``
 (student version); chapter: ``course/06_fp8.md``.
 """
 

@@ -9,7 +9,7 @@ grader recomputes (the held-out loss increase after removing the two lowest-BI l
 
 References come from the library (``minilm.redundancy``) or from closed forms.
 
-Notebooks: ``labs/solutions/07_redundancy.ipynb`` (instructor source) and
+Notebooks: ``solutions/07_redundancy.ipynb`` (instructor source) and
 ``labs/07_redundancy.ipynb`` (student version); chapter: ``course/07_redundancy.md``.
 """
 

@@ -14,7 +14,7 @@ multiplier with compute, the compute at which a shrinking trick stops paying), t
 the grader recomputes from the same grid (the WSD multiplier, the recipe whose multiplier shrinks
 fastest) and one multiple choice (what FP8's multiplier on a FLOP axis does and does not say).
 
-Notebooks: ``labs/solutions/08_moving_the_law.ipynb`` (instructor source) and
+Notebooks: ``solutions/08_moving_the_law.ipynb`` (instructor source) and
 ``labs/08_moving_the_law.ipynb`` (student version); chapter: ``course/08_moving_the_law.md``.
 """
 

@@ -15,7 +15,7 @@ inputs against an independent reference:
   notebook's run, against the library's GPT trained from the same initial weights on the same
   batches, which the grader recomputes (a few seconds), within the seed-to-seed spread.
 
-Notebooks: ``labs/solutions/09_build_it_yourself.ipynb`` (instructor source) and
+Notebooks: ``solutions/09_build_it_yourself.ipynb`` (instructor source) and
 ``labs/09_build_it_yourself.ipynb`` (student version); chapter: ``course/09_build_it_yourself.md``.
 The lab is numbered 09 because lab ids are two digits everywhere (registry, runner, grader,
 records); the course table places it right after lab 00.

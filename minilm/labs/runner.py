@@ -67,14 +67,15 @@ class LabInfo:
 
 
 def list_labs() -> list[LabInfo]:
-    """Every lab found in ``labs/solutions`` or ``labs/``, in number order."""
+    """Every lab found in ``labs/`` or in the instructor sources ``solutions/`` beside it, in number order."""
     root = labs_dir()
     found: dict[str, LabInfo] = {}
-    for path in sorted(root.glob("*.ipynb")) + sorted((root / "solutions").glob("*.ipynb")):
+    # solutions/ sits beside labs/, not in it: `jupyter lab labs/` must not show students the answers first
+    for path in sorted(root.glob("*.ipynb")) + sorted((root.parent / "solutions").glob("*.ipynb")):
         m = _LAB_FILE.match(path.name)
         if m:
             lab_id, topic = m.groups()
-            found[lab_id] = LabInfo(lab_id, topic, root / path.name, root / "solutions" / path.name,
+            found[lab_id] = LabInfo(lab_id, topic, root / path.name, root.parent / "solutions" / path.name,
                                     root.parent / "course" / f"{lab_id}_{topic}.md")
     return [found[k] for k in sorted(found)]
 

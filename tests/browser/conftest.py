@@ -124,6 +124,8 @@ def lab_server(tmp_path_factory) -> JupyterServer:
     skip = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "results")
     if (REPO / "labs").is_dir():
         shutil.copytree(REPO / "labs", root / "labs", ignore=skip)
+    if (REPO / "solutions").is_dir():  # the instructor sources, beside labs/ (not served to students)
+        shutil.copytree(REPO / "solutions", root / "solutions", ignore=skip)
     shutil.copytree(REPO / "tests" / "fixtures" / "browser", root / "fixtures", ignore=skip)
     for name, values in _SETTINGS.items():
         (work / "settings" / name).parent.mkdir(parents=True, exist_ok=True)

@@ -465,7 +465,7 @@ def _console_context(log: PageLog) -> str:
 
 
 def slug(notebook: str) -> str:
-    """A file name for a notebook's screenshots: "labs/solutions/01_x.ipynb" -> "labs-solutions-01_x"."""
+    """A file name for a notebook's screenshots: "solutions/01_x.ipynb" -> "labs-solutions-01_x"."""
     return Path(notebook).with_suffix("").as_posix().replace("/", "-")
 
 

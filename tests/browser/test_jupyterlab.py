@@ -1,6 +1,6 @@
 """Every lab notebook, run in the real JupyterLab in headless Chromium as a student runs it.
 
-For each `labs/NN_topic.ipynb` (student) and `labs/solutions/NN_topic.ipynb` (instructor source)
+For each `labs/NN_topic.ipynb` (student) and `solutions/NN_topic.ipynb` (instructor source)
 present at collection time: Run All in fast mode, no error outputs (students: NotImplementedError
 only), no uncaught page errors, and the first slider's figure changes when the slider moves by keys
 and by a mouse drag. The fixture notebooks prove that the check passes a good notebook and fails,
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.browser
 
 LABS = REPO / "labs"
 LAB_NOTEBOOKS = [p.relative_to(REPO).as_posix()
-                 for p in sorted(LABS.glob("*.ipynb")) + sorted((LABS / "solutions").glob("*.ipynb"))]
+                 for p in sorted(LABS.glob("*.ipynb")) + sorted((REPO / "solutions").glob("*.ipynb"))]
 FIXTURE_TIMEOUT_S = 120.0  # fixtures finish in seconds; a regression must not hang for the lab limit
 
 
