@@ -12,9 +12,11 @@ figures as the reference record, into a temporary results folder (never into the
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,14 @@ from minilm.grading import grade_objects, is_stale, reference_namespace
 from minilm.grading.notebook import read_notebook
 from minilm.grading.release import check_release
 from minilm.labs import available_labs, get_lab
-from minilm.labs.runner import execute_notebook, graded_summary, list_labs, score_line
+from minilm.labs.runner import NotebookStalled, execute_notebook, graded_summary, list_labs, score_line
 from minilm.records import read_record
 
 LABS = [lab for lab in list_labs() if lab.solution.is_file()]
 IDS = [f"{lab.lab_id}_{lab.topic}" for lab in LABS]
 REFERENCE_RECORDS = Path(__file__).resolve().parents[1] / "course" / "records"
+# Per cell: the longest fast-mode cell (lab 08's grid) takes about 2 minutes on a busy 2-core machine.
+CELL_TIMEOUT_S = 600
 
 
 @pytest.fixture(params=LABS, ids=IDS)
@@ -117,8 +121,13 @@ def test_solution_notebook_executes_in_fast_mode_earns_full_marks_and_writes_its
     t0 = time.perf_counter()
     # As `minilm lab run` executes it (self-study mode: check_all() runs every check, hidden ones too),
     # in a scratch folder, with the record sent to a temporary results folder.
-    nb = execute_notebook(lab.solution, progress=False, cwd=tmp_path,
-                          env={"MINILM_MODE": "self", "MINILM_RESULTS_DIR": str(results)})
+    run = functools.partial(execute_notebook, lab.solution, progress=False, cwd=tmp_path, timeout=CELL_TIMEOUT_S,
+                            env={"MINILM_MODE": "self", "MINILM_RESULTS_DIR": str(results)})
+    try:
+        nb = run()
+    except NotebookStalled as stall:  # the client lost a reply (not the lab's doing): once more, said aloud
+        warnings.warn(f"lab {lab.lab_id}: {stall}; executed again", stacklevel=1)
+        nb = run()
     seconds = time.perf_counter() - t0
     line = score_line(graded_summary(nb))
     print(f"lab {lab.lab_id}: executed and self-checked in {seconds:.0f} s, {line}")

@@ -25,21 +25,22 @@ import threading
 import time
 import traceback
 
-if __package__:
-    from minilm.grading import probe as probe_module
-    from minilm.grading import sandbox
-else:  # run as a script by the grader (python .../runner.py): skip importing minilm (and torch)
-    import probe as probe_module  # type: ignore[no-redef]  # only for PROBE_MIME: its code comes from the parent
-    import sandbox  # type: ignore[no-redef]
-
-    del sys.path[0]  # this folder: its module names (notebook, report...) must not shadow packages
-
 # jsonschema (imported by nbformat) builds an optional IRI grammar at import, seconds on some
 # installs; notebooks never need it, and this process is ours alone.
 sys.modules.setdefault("rfc3987_syntax", None)
 
+if __package__:
+    from minilm.grading import probe as probe_module
+    from minilm.grading import sandbox
+    from minilm.grading.kernel_client import NotebookClient
+else:  # run as a script by the grader (python .../runner.py): skip importing minilm (and torch)
+    import probe as probe_module  # type: ignore[no-redef]  # only for PROBE_MIME: its code comes from the parent
+    import sandbox  # type: ignore[no-redef]
+    from kernel_client import NotebookClient  # type: ignore[no-redef]
+
+    del sys.path[0]  # this folder: its module names (notebook, report...) must not shadow packages
+
 import nbformat  # noqa: E402
-from nbclient import NotebookClient  # noqa: E402
 from nbclient.exceptions import DeadKernelError  # noqa: E402
 
 MAX_REPLY_CHARS = 64 * 2**20  # a probe reply larger than this is refused

@@ -11,8 +11,11 @@ lab notebook (``from minilm.labs import setup``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,15 +113,54 @@ def inject_parameters(nb, params: dict) -> None:
     raise ValueError("the notebook has no cell tagged 'parameters': tag the cell that sets FAST")
 
 
+class NotebookStalled(RuntimeError):
+    """The notebook client still waited for a cell well past its own timeout (it missed the reply)."""
+
+
+# A cell's wait is cut this long after nbclient's own timeout should have ended it.
+STALL_GRACE_S = 120
+
+
+@contextlib.contextmanager
+def _stall_guard(seconds: float | None, what: str):
+    """Raise ``NotebookStalled`` in this (main) thread if the block runs longer than ``seconds``.
+
+    nbclient's cell timeout ends a cell that runs too long, but not a client that lost the kernel's
+    reply: such a wait was seen to last for ever with the kernel idle (and even after the kernel was
+    killed). A timer signal interrupts it with an error that says so. Only in the main thread (where
+    signal handlers run) and where SIGALRM exists; elsewhere the block runs unguarded.
+    """
+    usable = (seconds is not None and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def stalled(signum, frame):
+        raise NotebookStalled(f"{what} did not finish within {seconds:.0f} s, past the notebook client's own "
+                              "timeout: the client missed the kernel's reply. Run it again.")
+
+    previous = signal.signal(signal.SIGALRM, stalled)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def execute_notebook(path: Path, params: dict | None = None, timeout: int | None = 1800, progress: bool = True,
                      cwd: Path | None = None, out_path: Path | None = None, env: dict[str, str] | None = None):
     """Run every cell of a notebook headless (nbclient); returns the executed notebook.
 
-    ``env``: extra environment variables for the kernel (e.g. ``MINILM_MODE``).
+    ``timeout``: seconds per cell (None: no limit). ``env``: extra environment variables for the kernel
+    (e.g. ``MINILM_MODE``). Raises ``NotebookStalled`` if the client is still waiting for a cell
+    ``STALL_GRACE_S`` after its timeout.
     """
     import nbformat
-    from nbclient import NotebookClient
     from tqdm.auto import tqdm
+
+    from minilm.grading.kernel_client import NotebookClient  # nbclient's, its waits taken in slices
 
     nb = nbformat.read(path, as_version=4)
     if params:
@@ -129,9 +171,11 @@ def execute_notebook(path: Path, params: dict | None = None, timeout: int | None
                             resources={"metadata": {"path": str(cwd or path.parent)}})
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     bar = tqdm(total=len(code_cells), desc=f"run {path.name}", disable=not progress, unit="cell")
+    guard_s = None if timeout is None else timeout + STALL_GRACE_S
     with client.setup_kernel(env=env):
         for i in code_cells:
-            client.execute_cell(nb.cells[i], i)
+            with _stall_guard(guard_s, f"{path.name}, cell {i}"):
+                client.execute_cell(nb.cells[i], i)
             bar.update(1)
     bar.close()
     if out_path is not None:
