@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from queue import Empty
 
@@ -33,11 +34,18 @@ class _LossyChannel:
         raise Empty
 
 
+def _run(coro):
+    """``asyncio.run`` in a thread of its own: a session-wide browser fixture may keep an event loop running in
+    this one (the tests share a pytest-xdist worker)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def test_a_reply_that_arrives_during_a_long_wait_is_read_within_a_slice():
     channel = _LossyChannel(arrives_after_s=0.15)
     poll_in_slices(channel, slice_s=0.05)
     t0 = time.monotonic()
-    assert asyncio.run(channel.get_msg(timeout=1800)) == {"msg": "reply"}
+    assert _run(channel.get_msg(timeout=1800)) == {"msg": "reply"}
     assert time.monotonic() - t0 < 1.0  # not 1800 s
     assert all(w is not None and w <= 0.05 for w in channel.waits)
 
@@ -45,7 +53,7 @@ def test_a_reply_that_arrives_during_a_long_wait_is_read_within_a_slice():
 def test_waiting_for_ever_is_sliced_too():
     channel = _LossyChannel(arrives_after_s=0.1)
     poll_in_slices(channel, slice_s=0.05)
-    assert asyncio.run(asyncio.wait_for(channel.get_msg(timeout=None), 5)) == {"msg": "reply"}
+    assert _run(asyncio.wait_for(channel.get_msg(timeout=None), 5)) == {"msg": "reply"}
 
 
 def test_no_reply_still_times_out_at_the_callers_timeout():
@@ -53,7 +61,7 @@ def test_no_reply_still_times_out_at_the_callers_timeout():
     poll_in_slices(channel, slice_s=0.05)
     t0 = time.monotonic()
     with pytest.raises(Empty):
-        asyncio.run(channel.get_msg(timeout=0.3))
+        _run(channel.get_msg(timeout=0.3))
     assert 0.29 <= time.monotonic() - t0 < 1.0
     assert len(channel.waits) >= 5
 
@@ -73,7 +81,7 @@ def test_a_stalled_wait_is_cut_with_an_error_that_says_so(tmp_path, monkeypatch)
     from minilm.labs import runner
 
     def wait_for_ever(self, cell, index, **kwargs):
-        asyncio.new_event_loop().run_until_complete(asyncio.sleep(3600))
+        time.sleep(3600)  # as the client did: waiting, for a reply it had missed
 
     monkeypatch.setattr(NotebookClient, "execute_cell", wait_for_ever)
     monkeypatch.setattr(runner, "STALL_GRACE_S", 1)
