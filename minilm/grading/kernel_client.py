@@ -3,10 +3,11 @@
 nbclient waits for a cell's reply with one long poll of the kernel's ZeroMQ sockets: the cell's
 whole timeout on the shell channel (30 minutes in ``minilm lab run``), forever on IOPub. ZeroMQ
 tells the event loop that a socket is readable through an edge-triggered file descriptor, and a
-wake-up lost in that race leaves a reply that has arrived unread until the poll times out (seen
-here with an idle kernel after a widget cell; jupyter/nbclient#312 reports the same). Waiting in
-slices of at most ``SLICE_S`` seconds bounds what a lost wake-up costs: each slice ends with a real
-check of the socket, which finds the reply.
+wake-up lost in that race leaves a reply that has arrived unread until the poll times out. Waiting
+in slices of at most ``SLICE_S`` seconds bounds what a lost wake-up costs: each slice ends with a
+real check of the socket, which finds the reply. (A client was seen waiting for ever after a widget
+cell, its kernel idle; jupyter/nbclient#312 reports the same symptom. A lost wake-up is the likeliest
+cause, not a proven one: ``minilm.labs.runner`` also cuts such a wait with an error.)
 
 Used by ``minilm lab run`` and by the grader's child (which imports this file as a sibling script,
 without minilm), so it imports nothing from minilm.
